@@ -1,0 +1,74 @@
+"""A tiny regression task for exercising vqgen.loop: y = x @ W + noise, with a real PreTrainedModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedConfig, PreTrainedModel
+
+
+class TinyConfig(PreTrainedConfig):
+    model_type = "vqgen_test_tiny"
+
+    def __init__(self, dim: int = 4, **kwargs):
+        self.dim = dim
+        super().__init__(**kwargs)
+
+
+class TinyModel(PreTrainedModel):
+    config_class = TinyConfig
+
+    def __init__(self, config: TinyConfig):
+        super().__init__(config)
+        self.net = torch.nn.Sequential(torch.nn.Linear(config.dim, 16), torch.nn.Dropout(0.1), torch.nn.Linear(16, 1))
+        self.post_init()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class Points(Dataset):
+    def __init__(self, n: int, dim: int = 4, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, dim, generator=g)
+        self.y = self.x @ torch.arange(1.0, dim + 1) + 0.1 * torch.randn(n, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL in the middle of a run."""
+
+
+class TinyTask:
+    def __init__(self, n: int = 96, nan_at_step: int = -1, kill_at_step: int = -1):
+        torch.manual_seed(0)
+        self.model = TinyModel(TinyConfig())
+        self.train_set, self.val_set = Points(n), Points(32, seed=1)
+        self.run_config = {"model": {"dim": 4}}
+        self.calls, self.nan_at_step, self.kill_at_step = 0, nan_at_step, kill_at_step
+
+    def training_step(self, model, batch):
+        self.calls += 1
+        if self.calls == self.kill_at_step:
+            raise Killed
+        loss = torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
+        if self.calls == self.nan_at_step:
+            loss = loss * float("nan")
+        return {"loss": loss, "noise": torch.rand(())}  # draws from the global RNG: resume must restore it
+
+    def evaluate(self, model, loader, accelerator):
+        errors = [accelerator.gather_for_metrics((model(b["x"]) - b["y"]) ** 2) for b in loader]
+        return {"val/mse": torch.cat(errors).mean().item()}
+
+    def after_evaluate(self, model, step: int, out_dir: Path, accelerator) -> None:
+        (out_dir / f"eval_{step}.txt").write_text("ok")
+
+    def save_extras(self, model_dir: Path) -> None:
+        (model_dir / "extra.json").write_text("{}")
