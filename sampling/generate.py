@@ -1,0 +1,193 @@
+"""Drawing code grids from a trained prior (GPT with a KV cache, or PixelCNN in raster order).
+
+Modified from LlamaGen's autoregressive/models/generate.py (prefill / decode_one_token /
+decode_n_tokens / generate), with the transformers KV cache in place of LlamaGen's own. The loop
+is ours rather than `model.generate` for two reasons: classifier-free guidance needs the
+conditional and unconditional rows mixed before every draw (a logits processor sees only one
+batch of rows and cannot feed the mixed token back to both halves), and each sample draws from
+its own random stream (`SampleNoise`) so that samples do not depend on the batch they fall in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from einops import rearrange
+from torch import Tensor
+from transformers import DynamicCache, StaticCache
+
+from sampling.logits import Filters, SampleNoise, guide, pick
+from stage2_prior.vocab import PriorVocab
+from vqgen.errors import VqgenError
+
+UNCOND = -1  # the label of an unconditional sample
+KV_CACHES = ("dynamic", "static", "none")
+
+
+@dataclass
+class SampleConfig:
+    """What to sample. Labels are a function of the sample index, so a run can be resumed or split.
+
+    per_class > 0 samples per_class images of each class in `classes` (all classes when None),
+    class-major, and ignores n. Otherwise sample i gets classes[i % len(classes)]. Class -1 is the
+    unconditional token (the only choice for an unconditional prior).
+    """
+
+    n: int = 64
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    cfg_scale: float = 1.0  # classifier-free guidance; 1.0: none (conditional logits only)
+    classes: list[int] | None = None
+    per_class: int = 0
+    batch_size: int = 64
+    seed: int = 0
+    kv_cache: str = "dynamic"  # dynamic | static | none (recompute the prefix: a reference, slow)
+
+    @property
+    def filters(self) -> Filters:
+        return Filters(self.temperature, self.top_k, self.top_p)
+
+
+def check_config(cfg: SampleConfig, num_classes: int, source: str) -> None:
+    """Raise VqgenError for settings the prior at `source` cannot honour."""
+    if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1 or cfg.batch_size < 1:
+        raise VqgenError(
+            "sample: need temperature >= 0, top_k >= 0, 0 < top_p <= 1 and batch_size >= 1; "
+            f"got {cfg.temperature}, {cfg.top_k}, {cfg.top_p}, {cfg.batch_size}"
+        )
+    if cfg.kv_cache not in KV_CACHES:
+        raise VqgenError(f"sample.kv_cache: '{cfg.kv_cache}' is not one of {', '.join(KV_CACHES)}")
+    if num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.classes not in (None, [UNCOND])):
+        raise VqgenError(
+            f"{source}: the prior is unconditional (num_classes 0); drop sample.classes and "
+            "set sample.cfg_scale=1"
+        )
+    bad = [c for c in cfg.classes or [] if not UNCOND <= c < num_classes]
+    if bad:
+        raise VqgenError(
+            f"{source}: sample.classes {bad} out of range; this prior has classes 0..{num_classes - 1} "
+            "(-1: unconditional)"
+        )
+
+
+def plan_labels(cfg: SampleConfig, num_classes: int) -> Tensor:
+    """The label of every sample, (n,) int64 with -1 for unconditional."""
+    classes = cfg.classes or (list(range(num_classes)) if num_classes else [UNCOND])
+    if cfg.per_class > 0:
+        return torch.tensor(classes).repeat_interleave(cfg.per_class)
+    return torch.tensor(classes)[torch.arange(cfg.n) % len(classes)]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """What a prior samples: its vocabulary (stage2_prior.vocab) and the (h, w) code grid."""
+
+    vocab: PriorVocab
+    grid_h: int
+    grid_w: int
+
+
+def _draw(logits: Tensor, cfg: SampleConfig, noise: SampleNoise, guided: bool) -> Tensor:
+    """Rows (R, K) -> tokens (B,): guidance on [cond; uncond] rows, then filters and the draw."""
+    logits = guide(logits.float(), cfg.cfg_scale) if guided else logits.float()
+    eps = noise.exponential(logits.shape[-1]) if cfg.temperature > 0 else None
+    return pick(logits, cfg.filters, eps)
+
+
+def _condition_rows(tokens: Tensor, uncond: Tensor, guided: bool) -> Tensor:
+    """(B,) -> (R,) rows the model sees: [cond; uncond] under guidance, else cond."""
+    return torch.cat([tokens, uncond]) if guided else tokens
+
+
+def _make_cache(model: torch.nn.Module, kind: str, max_len: int):
+    if kind == "static":
+        return StaticCache(config=model.config, max_cache_len=max_len)
+    return DynamicCache(config=model.config) if kind == "dynamic" else None
+
+
+def _code_logits(model: torch.nn.Module, ids: Tensor, cache, k: int) -> Tensor:
+    """Last-position logits restricted to the K code tokens: ids (R, t) -> (R, K)."""
+    out = model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
+    return out.logits[:, -1, :k]
+
+
+def prefill(model: torch.nn.Module, cond: Tensor, cache, k: int) -> Tensor:
+    """Run the condition tokens (R,) through the model, filling `cache`; -> logits (R, K) of code 0."""
+    return _code_logits(model, rearrange(cond, "r -> r 1"), cache, k)
+
+
+def decode_one_token(model: torch.nn.Module, seq: Tensor, cache, k: int) -> Tensor:
+    """Logits (R, K) of the next code given seq (R, t). With a cache only the last token is fed;
+    without one (kv_cache "none") the whole prefix is recomputed: the slow reference."""
+    return _code_logits(model, seq if cache is None else seq[:, -1:], cache, k)
+
+
+def decode_n_tokens(model: torch.nn.Module, cond: Tensor, n: int, cfg: SampleConfig, noise: SampleNoise,
+                    guided: bool, k: int) -> Tensor:
+    """Draw n codes after the condition rows cond (R,) -> (B, n)."""
+    cache = _make_cache(model, cfg.kv_cache, max_len=n)
+    seq = rearrange(cond, "r -> r 1")
+    logits = prefill(model, cond, cache, k)
+    codes = []
+    for t in range(n):
+        codes.append(_draw(logits, cfg, noise, guided))
+        if t + 1 < n:
+            step = torch.cat([codes[-1]] * (2 if guided else 1))
+            seq = torch.cat([seq, rearrange(step, "r -> r 1")], dim=1)
+            logits = decode_one_token(model, seq, cache, k)
+    return torch.stack(codes, dim=1)
+
+
+@torch.inference_mode()
+def generate_gpt(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices: list[int],
+                 cfg: SampleConfig) -> Tensor:
+    """Sample code grids from a causal-LM prior. labels (B,) (-1: unconditional), indices: the
+    samples' global indices (their random streams) -> codes (B, h, w) int64."""
+    device = next(model.parameters()).device
+    guided = cfg.cfg_scale != 1.0
+    vocab = spec.vocab
+    cond = vocab.cond_token(vocab.class_index(labels)).to(device)
+    rows = _condition_rows(cond, torch.full_like(cond, vocab.uncond_token), guided)
+    noise = SampleNoise(cfg.seed, indices, device)
+    codes = decode_n_tokens(model, rows, spec.grid_h * spec.grid_w, cfg, noise, guided, vocab.codebook_size)
+    return rearrange(codes, "b (h w) -> b h w", h=spec.grid_h)
+
+
+@torch.inference_mode()
+def generate_pixelcnn(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices: list[int],
+                      cfg: SampleConfig) -> Tensor:
+    """Sample code grids from a PixelCNN prior in raster order, recomputing the grid each step
+    (van den Oord et al. 2016). labels (B,) (-1: unconditional) -> codes (B, h, w) int64."""
+    device = next(model.parameters()).device
+    guided = cfg.cfg_scale != 1.0
+    vocab = spec.vocab
+    index = vocab.class_index(labels).to(device)
+    rows = _condition_rows(index, torch.full_like(index, vocab.uncond_index), guided)
+    noise = SampleNoise(cfg.seed, indices, device)
+    codes = torch.zeros(len(rows), spec.grid_h, spec.grid_w, dtype=torch.long, device=device)
+    for i in range(spec.grid_h):
+        for j in range(spec.grid_w):
+            logits = model(codes, rows).logits[:, i, j, : vocab.codebook_size]
+            codes[:, i, j] = torch.cat([_draw(logits, cfg, noise, guided)] * (2 if guided else 1))
+    return codes[: len(labels)]
+
+
+SAMPLERS = {"gpt": generate_gpt, "pixelcnn": generate_pixelcnn}
+
+
+class Batch(NamedTuple):
+    indices: list[int]  # global sample indices
+    labels: Tensor  # (B,) int64, -1 unconditional
+    codes: Tensor  # (B, h, w) int64
+
+
+def generate(model: torch.nn.Module, arch: str, spec: GridSpec, labels: Tensor, indices: list[int],
+             cfg: SampleConfig) -> Iterator[Batch]:
+    """Sample the given indices (with their labels (n,)) batch by batch; arch is "gpt" or "pixelcnn"."""
+    for start in range(0, len(indices), cfg.batch_size):
+        idx, lab = indices[start : start + cfg.batch_size], labels[start : start + cfg.batch_size]
+        yield Batch(idx, lab, SAMPLERS[arch](model, spec, lab, idx, cfg).cpu())
