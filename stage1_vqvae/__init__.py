@@ -1,0 +1,14 @@
+"""Stage 1: the VQ-VAE tokenizer (quantize, model, losses, train) and the code-grid files (codes).
+
+Importing the package registers the tokenizer with transformers' Auto classes, so
+`AutoModel.from_pretrained(<tokenizer folder>)` works; that is the only import side effect.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from stage1_vqvae.model import MODEL_TYPE, VQVAE, VQVAEConfig, load_tokenizer
+
+AutoConfig.register(MODEL_TYPE, VQVAEConfig, exist_ok=True)
+AutoModel.register(VQVAEConfig, VQVAE, exist_ok=True)
+
+__all__ = ["VQVAE", "VQVAEConfig", "load_tokenizer"]
