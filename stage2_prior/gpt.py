@@ -1,0 +1,119 @@
+"""The GPT prior: a stock transformers causal LM over code tokens.
+
+Llama (RoPE, RMSNorm, SwiGLU; as in LlamaGen, Sun et al. 2024, "Autoregressive Model Beats
+Diffusion") is the default, GPT-2 an option. Being stock, a saved prior loads with plain
+`AutoModelForCausalLM.from_pretrained` and generates with `model.generate`.
+
+Sequence: [cond, c_0 ... c_{T-1}] in raster order (layout in `stage2_prior.vocab`). Training feeds
+the first T tokens and scores the T codes, so position t predicts c_t from cond and c_<t.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from stage2_prior.overrides import build_config, merge_overrides
+from stage2_prior.vocab import PriorVocab
+from vqgen.errors import VqgenError
+
+# Sizes in the style of LlamaGen's GPT_models; intermediate = ~8/3 hidden (SwiGLU, Shazeer 2020)
+# rounded to 64. `demo` is sized to learn the Fashion-MNIST 8x8 codes in minutes on 2 CPU cores.
+GPT_PRESETS: dict[str, dict[str, int]] = {
+    "demo": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 384},
+    "tiny": {"hidden": 256, "layers": 4, "heads": 4, "intermediate": 704},
+    "small": {"hidden": 512, "layers": 8, "heads": 8, "intermediate": 1408},
+    "base": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 2048},
+    "large": {"hidden": 1024, "layers": 24, "heads": 16, "intermediate": 2816},
+}
+
+FAMILIES = ("llama", "gpt2")
+
+
+def build_gpt(
+    preset: str,
+    codebook_size: int,
+    num_classes: int,
+    grid_h: int,
+    grid_w: int,
+    family: str = "llama",
+    **overrides,
+) -> PreTrainedModel:
+    """A fresh causal LM for (h, w) grids of K codes and N classes; `overrides` are config fields
+    of the family's transformers config (checked against its signature)."""
+    config = gpt_config(preset, PriorVocab(codebook_size, num_classes), grid_h * grid_w, family, overrides)
+    model = (LlamaForCausalLM if family == "llama" else GPT2LMHeadModel)(config)
+    # Only codes are ever sampled: a plain `model.generate` never emits a class token.
+    model.generation_config.suppress_tokens = list(range(codebook_size, config.vocab_size))
+    return model
+
+
+def gpt_config(
+    preset: str, vocab: PriorVocab, num_tokens: int, family: str, overrides: dict
+) -> LlamaConfig | GPT2Config:
+    if preset not in GPT_PRESETS:
+        raise VqgenError(f"prior.preset: unknown GPT preset '{preset}'; choose one of {', '.join(GPT_PRESETS)}")
+    if family not in FAMILIES:
+        raise VqgenError(f"prior.family: unknown family '{family}'; choose one of {', '.join(FAMILIES)}")
+    size = GPT_PRESETS[preset]
+    shared = {
+        "vocab_size": vocab.vocab_size,
+        "bos_token_id": vocab.uncond_token,  # an unconditional sample starts from this token
+        "eos_token_id": None,  # grids have a fixed length T; generation stops by count
+        "pad_token_id": None,
+        # Untied: code and condition embeddings are inputs, the head scores codes (LlamaGen unties too).
+        "tie_word_embeddings": False,
+    }
+    if family == "llama":
+        cls = LlamaConfig
+        kwargs = {
+            "hidden_size": size["hidden"],
+            "num_hidden_layers": size["layers"],
+            "num_attention_heads": size["heads"],
+            "intermediate_size": size["intermediate"],
+            "max_position_embeddings": num_tokens + 1,
+            **shared,
+        }
+        positions_key = "max_position_embeddings"
+    else:
+        cls = GPT2Config
+        kwargs = {
+            "n_embd": size["hidden"],
+            "n_layer": size["layers"],
+            "n_head": size["heads"],
+            "n_inner": size["intermediate"],
+            "n_positions": num_tokens + 1,
+            **shared,
+        }
+        positions_key = "n_positions"
+    kwargs = merge_overrides(cls, kwargs, overrides)
+    _check_fits(kwargs, vocab, num_tokens, positions_key)
+    return build_config(cls, {**kwargs, "attn_implementation": "sdpa"})
+
+
+def _check_fits(kwargs: dict, vocab: PriorVocab, num_tokens: int, positions_key: str) -> None:
+    if kwargs["vocab_size"] < vocab.vocab_size:
+        raise VqgenError(
+            f"prior.model.vocab_size: {kwargs['vocab_size']} is too small for K={vocab.codebook_size} codes + "
+            f"{vocab.num_classes} classes + 1; remove the override or set it >= {vocab.vocab_size}"
+        )
+    if kwargs[positions_key] < num_tokens + 1:
+        raise VqgenError(
+            f"prior.model.{positions_key}: {kwargs[positions_key]} is too short for T={num_tokens} codes + 1 "
+            f"condition token; remove the override or set it >= {num_tokens + 1}"
+        )
+
+
+def gpt_code_logits(model: torch.nn.Module, codes: torch.Tensor, cond: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Teacher-forced logits of every code.
+
+    codes (B, h, w) int64, cond (B,) condition tokens -> logits (B, T, K), restricted to codes.
+    """
+    flat = rearrange(codes, "b h w -> b (h w)")
+    input_ids = torch.cat([cond[:, None], flat[:, :-1]], dim=1)  # (B, T): cond, c_0 .. c_{T-2}
+    return model(input_ids=input_ids).logits[..., :codebook_size]
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
