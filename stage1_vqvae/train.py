@@ -1,0 +1,141 @@
+"""Training the tokenizer: a `TrainTask` for `vqgen.loop.fit`, and its run settings.
+
+    train_tokenizer(TokenizerRunConfig(), Path("runs/tok"))   # -> runs/tok/model
+
+The loop owns everything generic (optimizer, schedule, checkpoints, resume, metrics.jsonl); this file
+only says how to build the VQ-VAE from the data, what one training step computes, and how to
+evaluate: val MSE/PSNR/SSIM, codebook usage over the whole val set, and a reconstruction grid.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from einops import rearrange
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+from torchvision.utils import save_image
+
+from stage1_vqvae.losses import RECONSTRUCTION, psnr_from_mse, tokenizer_loss
+from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
+from vqgen.config import check_kwargs, to_dict
+from vqgen.data import DataConfig, ImageDataset, load_images
+from vqgen.errors import VqgenError
+from vqgen.loop import TrainConfig, fit
+from vqgen.runs import atomic_path, write_json
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_IMAGES = 32  # val images shown (original above reconstruction) in recon_step_N.png
+FROM_DATA = ("in_channels", "image_size")  # model fields the data decides
+
+
+def tokenizer_train_defaults() -> TrainConfig:
+    # Tuned so the Fashion-MNIST default reaches >= 95% val codebook usage in a few CPU minutes
+    # (bench/tokenizer.py); lr 1e-3 is safe here because the EMA codebook takes no gradient.
+    return TrainConfig(steps=600, batch_size=64, lr=1e-3, warmup_steps=30, eval_every=600, save_every=200,
+                       log_every=20)
+
+
+@dataclass
+class TokenizerRunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    preset: str = "small"  # a key of stage1_vqvae.model.PRESETS
+    model: dict = field(default_factory=dict)  # VQVAEConfig overrides on top of the preset
+    recon_loss: str = "mse"  # mse | l1
+    train: TrainConfig = field(default_factory=tokenizer_train_defaults)
+
+
+def build_model_config(cfg: TokenizerRunConfig, channels: int) -> VQVAEConfig:
+    """Preset, then `model:` overrides, then the data's channels and image size."""
+    if cfg.preset not in PRESETS:
+        raise VqgenError(f"tokenizer config: preset '{cfg.preset}' is unknown; use one of {', '.join(PRESETS)}")
+    check_kwargs(VQVAEConfig, cfg.model, source="tokenizer config 'model' section")
+    for key in FROM_DATA:
+        if key in cfg.model:
+            raise VqgenError(f"tokenizer config: model.{key} comes from the data; set data.image_size/data.channels")
+    kwargs = PRESETS[cfg.preset] | cfg.model
+    default_mult = inspect.signature(VQVAEConfig.__init__).parameters["channel_mult"].default
+    factor = 2 ** (len(kwargs.get("channel_mult", default_mult)) - 1)
+    if cfg.data.image_size % factor:
+        raise VqgenError(
+            f"tokenizer config: data.image_size={cfg.data.image_size} is not a multiple of the tokenizer's "
+            f"downsampling factor {factor}; use a multiple of {factor} or fewer model.channel_mult entries"
+        )
+    try:
+        return VQVAEConfig(**kwargs, in_channels=channels, image_size=cfg.data.image_size)
+    except ValueError as err:
+        raise VqgenError(f"tokenizer config 'model' section: {err}") from None
+
+
+class TokenizerTask:
+    """The VQ-VAE on one image data set, as `vqgen.loop.fit` wants it (the TrainTask protocol)."""
+
+    def __init__(self, cfg: TokenizerRunConfig):
+        if cfg.recon_loss not in RECONSTRUCTION:
+            raise VqgenError(f"tokenizer config: recon_loss='{cfg.recon_loss}' is unknown; use mse or l1")
+        self.cfg = cfg
+        self.train_set: ImageDataset = load_images(cfg.data, "train")
+        self.val_set: ImageDataset = load_images(cfg.data, "val")
+        self.model = VQVAE(build_model_config(cfg, self.train_set.channels))
+        self.run_config = to_dict(cfg)
+        self.last_eval: dict[str, float] = {}
+
+    def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        images = batch["image"]
+        output = model(images)
+        loss = tokenizer_loss(images, output, self.cfg.recon_loss)
+        extra = {"usage": 100.0 * output.usage.detach(), "perplexity": output.perplexity.detach()}
+        return loss.log() | extra | {"loss": loss.loss}
+
+    def evaluate(self, model: torch.nn.Module, loader, accelerator: Accelerator) -> dict[str, float]:
+        """Whole-set metrics: mean per-image MSE, PSNR and SSIM; code usage (%) and perplexity of the
+        code histogram over every val image, gathered from all processes."""
+        k = model.config.codebook_size
+        counts = torch.zeros(k, dtype=torch.long, device=accelerator.device)
+        sums = {"mse": 0.0, "psnr": 0.0, "ssim": 0.0}
+        n = 0
+        for batch in loader:
+            images = batch["image"]
+            output = model(images)
+            mse = (output.reconstruction - images).square().flatten(1).mean(1)
+            per_image = {"mse": mse, "psnr": psnr_from_mse(mse),
+                         "ssim": ssim(output.reconstruction * 0.5 + 0.5, images * 0.5 + 0.5, data_range=1.0,
+                                      reduction="none")}
+            gathered = accelerator.gather_for_metrics((per_image, output.codes))
+            for name, values in gathered[0].items():
+                sums[name] += float(values.sum())
+            counts += torch.bincount(gathered[1].flatten(), minlength=k)
+            n += len(gathered[1])
+        probs = counts.float() / counts.sum()
+        entropy = -(probs * probs.clamp(min=1e-10).log()).sum()
+        results = {f"val/{name}": total / n for name, total in sums.items()}
+        results |= {"val/usage": 100.0 * float((counts > 0).float().mean()), "val/perplexity": float(entropy.exp())}
+        self.last_eval = results
+        return results
+
+    def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path, accelerator: Accelerator) -> None:
+        """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction."""
+        count = min(PREVIEW_IMAGES, len(self.val_set)) // 8 * 8 or len(self.val_set)
+        images = torch.stack([self.val_set[i]["image"] for i in range(count)]).to(accelerator.device)
+        pairs = torch.stack([images, model(images).reconstruction])
+        cols = min(8, count)
+        grid = rearrange(pairs, "two (rows cols) c h w -> (rows two cols) c h w", cols=cols)
+        with atomic_path(out_dir / f"recon_step_{step}.png") as tmp:
+            save_image(grid * 0.5 + 0.5, tmp, nrow=cols, padding=1)
+
+    def save_extras(self, model_dir: Path) -> None:
+        """vqgen_tokenizer.json: the data it was trained on and its last val metrics."""
+        write_json(model_dir / "vqgen_tokenizer.json", {"data": to_dict(self.cfg.data), "val": self.last_eval})
+
+
+def train_tokenizer(cfg: TokenizerRunConfig, out: Path, resume: bool = False) -> Path:
+    """Train a tokenizer into the run folder `out`; returns out/model (config.json + model.safetensors)."""
+    # Seed before building the model so train.seed decides its initial weights too.
+    set_seed(cfg.train.seed)
+    return fit(TokenizerTask(cfg), cfg.train, Path(out), resume=resume)
