@@ -37,6 +37,7 @@ def build_gpt(
     num_classes: int,
     grid_h: int,
     grid_w: int,
+    /,
     family: str = "llama",
     **overrides,
 ) -> PreTrainedModel:

@@ -1,0 +1,81 @@
+"""A saved prior folder: save_pretrained files plus `vqgen_prior.json`, and loading it back.
+
+`vqgen_prior.json` ties the prior to its code grids: arch, K, (h, w), N, the unconditional token,
+the tokenizer's sha256 and the full `vqgen_codes.json`, so sampling can refuse a mismatched
+tokenizer and decode without guessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from stage2_prior.pixelcnn import PixelCNNPrior
+from stage2_prior.vocab import PriorVocab
+from vqgen.errors import VqgenError
+from vqgen.runs import read_json, write_json
+
+META_FILE = "vqgen_prior.json"
+ARCHS = ("gpt", "pixelcnn")
+
+
+@dataclass
+class PriorMeta:
+    arch: str  # gpt | pixelcnn
+    codebook_size: int  # K
+    grid_h: int
+    grid_w: int
+    num_classes: int  # N
+    uncond_token: int  # K + N
+    tokenizer_sha256: str
+    codes_meta: dict  # the code folder's vqgen_codes.json
+
+    @property
+    def vocab(self) -> PriorVocab:
+        return PriorVocab(self.codebook_size, self.num_classes)
+
+
+class LoadedPrior(NamedTuple):
+    model: PreTrainedModel  # in eval mode
+    meta: PriorMeta
+
+
+def write_prior_meta(model_dir: str | Path, meta: PriorMeta) -> None:
+    write_json(Path(model_dir) / META_FILE, dataclasses.asdict(meta))
+
+
+def read_prior_meta(model_dir: str | Path) -> PriorMeta:
+    path = Path(model_dir) / META_FILE
+    data = read_json(path, "prior metadata")
+    names = {f.name for f in dataclasses.fields(PriorMeta)}
+    missing = sorted(names - set(data))
+    if missing or data["arch"] not in ARCHS:
+        raise VqgenError(
+            f"{path}: not a vqgen prior file (missing {', '.join(missing) or 'nothing'}, arch "
+            f"{data.get('arch')!r}); point at a folder written by 'vqgen train-prior'"
+        )
+    return PriorMeta(**{k: data[k] for k in names})
+
+
+def prior_folder(path: str | Path) -> Path:
+    """The model folder itself, or RUN/model for a training run folder."""
+    path = Path(path)
+    for folder in (path, path / "model"):
+        if (folder / META_FILE).is_file():
+            return folder
+    raise VqgenError(f"{path}: no {META_FILE} here or in {path / 'model'}; pass a prior model or run folder")
+
+
+def load_prior(path: str | Path) -> LoadedPrior:
+    """Load a prior from its model folder or its training run folder."""
+    folder = prior_folder(path)
+    meta = read_prior_meta(folder)
+    if meta.arch == "gpt":
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    else:
+        model = PixelCNNPrior.from_pretrained(folder)
+    return LoadedPrior(model.eval(), meta)
