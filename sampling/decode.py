@@ -1,0 +1,112 @@
+"""`sample`: draw code grids from a trained prior and decode them into images with the tokenizer.
+
+Resumable and distributed: sample i's label and random stream depend only on i (see
+`sampling.generate`), so a rerun makes exactly the indices that are not yet on disk, and under
+`accelerate launch` the missing indices are split between processes (no duplicates, no gaps);
+the main process joins the results at the end. Layout of the output folder: `sampling.write`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from tqdm import tqdm
+
+from sampling.generate import GridSpec, SampleConfig, check_config, generate, plan_labels
+from sampling.write import finished, join_codes, write_grid, write_images, write_shard
+from stage1_vqvae.model import VQVAE, load_tokenizer
+from stage2_prior.load import LoadedPrior, load_prior, prior_folder
+from vqgen.errors import VqgenError
+from vqgen.runs import read_json, sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "sample_config.json"
+# Settings that do not change what is sampled; a resumed run may change them.
+FREE_SETTINGS = ("batch_size", "kv_cache")
+
+
+def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE) -> str:
+    """Refuse a tokenizer the prior was not trained on; returns the tokenizer's sha256."""
+    meta, config = prior.meta, tokenizer.config
+    source = prior_folder(prior_dir) / "vqgen_prior.json"
+    ours = (meta.codebook_size, meta.grid_h, meta.grid_w)
+    theirs = (config.codebook_size, config.grid_size, config.grid_size)
+    if ours != theirs:
+        raise VqgenError(
+            f"{source}: the prior samples K={ours[0]} codes on a {ours[1]}x{ours[2]} grid but the tokenizer "
+            f"{tokenizer.name_or_path} has K={theirs[0]} and a {theirs[1]}x{theirs[2]} grid; pass its own tokenizer"
+        )
+    weights = Path(tokenizer.name_or_path) / "model.safetensors"
+    digest = sha256_file(weights)
+    if digest != meta.tokenizer_sha256:
+        raise VqgenError(
+            f"{source}: tokenizer_sha256 {meta.tokenizer_sha256[:12]}... does not match {weights} "
+            f"({digest[:12]}...); pass the tokenizer the prior's codes were made with"
+        )
+    return digest
+
+
+def claim_folder(out: Path, settings: dict) -> None:
+    """Record what OUT holds; a rerun must ask for the same samples (batch size aside)."""
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        old = read_json(path, "sample settings")
+        changed = sorted(k for k in settings.keys() | old.keys()
+                         if k not in FREE_SETTINGS and old.get(k) != settings.get(k))
+        if changed:
+            raise VqgenError(
+                f"{path}: {out} holds samples made with other settings ({', '.join(changed)}); "
+                "pass a new output folder or delete this one"
+            )
+    write_json(path, settings)
+
+
+def grid_row_length(cfg: SampleConfig) -> int:
+    """One row per class when sampling per class (up to 16 a row), else 10."""
+    return cfg.per_class if 0 < cfg.per_class <= 16 else 10
+
+
+def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, out: str | Path) -> Path:
+    """Sample with the prior at `prior_dir`, decode with the tokenizer at `tokenizer_dir`, write
+    OUT/images/*.png, OUT/codes.npz and OUT/grid.png. Returns OUT."""
+    # PartialState alone ignores ACCELERATE_USE_CPU (only AcceleratorState reads it), so pass it on:
+    # without it, processes launched on CPUs each run alone and all sample everything.
+    state, out = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), Path(out)
+    prior, tokenizer = load_prior(prior_dir), load_tokenizer(tokenizer_dir)
+    settings = {**dataclasses.asdict(cfg), "tokenizer_sha256": check_pair(prior, Path(prior_dir), tokenizer),
+                "prior_sha256": sha256_file(prior_folder(prior_dir) / "model.safetensors")}
+    check_config(cfg, prior.meta.num_classes, source=str(prior_folder(prior_dir)))
+    labels = plan_labels(cfg, prior.meta.num_classes)
+    if state.is_main_process:
+        claim_folder(out, settings)
+    state.wait_for_everyone()
+    done = finished(out, labels)
+    todo = [i for i in range(len(labels)) if i not in done]
+    logger.info("sampling %d images into %s (%d already there)", len(todo), out, len(done))
+    with state.split_between_processes(todo) as mine:
+        _sample_indices(prior, tokenizer, cfg, labels, mine, out, state)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        join_codes(out, len(labels))
+        write_grid(out, labels, grid_row_length(cfg))
+    state.wait_for_everyone()
+    return out
+
+
+def _sample_indices(prior: LoadedPrior, tokenizer: VQVAE, cfg: SampleConfig, labels: torch.Tensor,
+                    indices: list[int], out: Path, state: PartialState) -> None:
+    """Sample, decode and write this process's share of the indices, batch by batch."""
+    meta = prior.meta
+    spec = GridSpec(meta.vocab, meta.grid_h, meta.grid_w)
+    model, tokenizer = prior.model.to(state.device), tokenizer.to(state.device)
+    batches = generate(model, meta.arch, spec, labels[indices], indices, cfg)
+    total = -(-len(indices) // cfg.batch_size)
+    for batch in tqdm(batches, total=total, desc="sample", disable=not state.is_local_main_process):
+        write_shard(out, batch.indices, batch.labels, batch.codes)
+        write_images(out, batch.indices, batch.labels, tokenizer.decode_codes(batch.codes.to(state.device)))

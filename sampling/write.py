@@ -1,0 +1,93 @@
+"""The sample folder: one PNG per image, per-batch code shards, and the joined results.
+
+    OUT/images/000123_c7.png    sample 123, class 7 (`_cu`: unconditional)
+    OUT/shards/codes_<first>_<last>.npz   codes, labels and indices of one batch (written first)
+    OUT/codes.npz               every sample's codes (N, h, w), labels (N,), indices (N,), joined at the end
+    OUT/grid.png                the first samples in a grid (one row per class with per_class)
+
+Every file is written atomically, so a killed run leaves only whole files, and a sample counts as
+done when both its PNG and a shard holding its codes exist; a rerun makes only the rest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchvision.io import decode_png, encode_png
+from torchvision.utils import make_grid
+
+from vqgen.runs import atomic_path
+
+GRID_MAX = 100  # images shown in grid.png
+
+
+def image_name(index: int, label: int) -> str:
+    return f"{index:06d}_c{'u' if label < 0 else label}.png"
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """images (B, C, H, W) float in [-1, 1] -> uint8 (B, C, H, W) in [0, 255] on the CPU."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def write_png(path: Path, image: Tensor) -> None:
+    """image uint8 (C, H, W) -> a PNG file, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encode_png(image).numpy().tobytes())
+
+
+def write_images(out: Path, indices: list[int], labels: Tensor, images: Tensor) -> None:
+    """One PNG per sample; images (B, C, H, W) float in [-1, 1]."""
+    for index, label, image in zip(indices, labels.tolist(), to_uint8(images)):
+        write_png(out / "images" / image_name(index, label), image)
+
+
+def write_shard(out: Path, indices: list[int], labels: Tensor, codes: Tensor) -> None:
+    """The codes (B, h, w) of one batch, named by its first and last index."""
+    path = out / "shards" / f"codes_{indices[0]:06d}_{indices[-1]:06d}.npz"
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, codes=codes.numpy(), labels=labels.numpy(), indices=np.asarray(indices, dtype=np.int64))
+
+
+def read_shards(out: Path) -> dict[int, tuple[np.ndarray, int]]:
+    """index -> (codes (h, w), label) over every shard in OUT/shards (a rerun may repeat an index;
+    sampling is deterministic, so any copy will do)."""
+    found = {}
+    for path in sorted((out / "shards").glob("codes_*.npz")):
+        with np.load(path) as shard:
+            for index, label, codes in zip(shard["indices"], shard["labels"], shard["codes"]):
+                found[int(index)] = (codes, int(label))
+    return found
+
+
+def finished(out: Path, labels: Tensor) -> set[int]:
+    """Indices whose PNG and codes are both on disk."""
+    in_shards = read_shards(out)
+    return {i for i in in_shards if i < len(labels) and (out / "images" / image_name(i, int(labels[i]))).is_file()}
+
+
+def join_codes(out: Path, n: int) -> Path:
+    """Write OUT/codes.npz from the shards: codes (n, h, w), labels (n,), indices (n,) in index order."""
+    found = read_shards(out)
+    missing = [i for i in range(n) if i not in found]
+    assert not missing, f"samples {missing[:5]} have no codes shard"
+    codes = np.stack([found[i][0] for i in range(n)])
+    labels = np.asarray([found[i][1] for i in range(n)], dtype=np.int64)
+    with atomic_path(out / "codes.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, codes=codes.astype(np.int64), labels=labels, indices=np.arange(n, dtype=np.int64))
+    return out / "codes.npz"
+
+
+def write_grid(out: Path, labels: Tensor, per_row: int) -> Path:
+    """OUT/grid.png from the first GRID_MAX sample PNGs, per_row images per row."""
+    count = min(len(labels), GRID_MAX)
+    paths = [out / "images" / image_name(i, int(labels[i])) for i in range(count)]
+    images = torch.stack([decode_png(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)) for p in paths])
+    grid = make_grid(images, nrow=per_row, padding=2, pad_value=255)
+    write_png(out / "grid.png", grid)
+    return out / "grid.png"

@@ -1,0 +1,144 @@
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sampling.decode import sample
+from sampling.generate import SampleConfig
+from stage1_vqvae.model import VQVAE, VQVAEConfig
+from stage2_prior.gpt import build_gpt
+from stage2_prior.load import PriorMeta, write_prior_meta
+from stage2_prior.pixelcnn import build_pixelcnn
+from vqgen.errors import VqgenError
+from vqgen.runs import sha256_file
+
+K, N, GRID = 16, 3, 4
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def save_tokenizer(folder: Path, codebook_size: int = K) -> Path:
+    torch.manual_seed(0)
+    config = VQVAEConfig(image_size=8, base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=codebook_size)
+    VQVAE(config).save_pretrained(folder)
+    return folder
+
+
+def save_prior(folder: Path, tokenizer: Path, num_classes: int = N, arch: str = "gpt") -> Path:
+    torch.manual_seed(1)
+    if arch == "gpt":
+        model = build_gpt("demo", K, num_classes, GRID, GRID, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4)
+    else:
+        model = build_pixelcnn("demo", K, num_classes, GRID, GRID, hidden_size=16, num_layers=2, head_size=16)
+    model.save_pretrained(folder)
+    meta = PriorMeta(arch, K, GRID, GRID, num_classes, K + num_classes,
+                     sha256_file(tokenizer / "model.safetensors"), codes_meta={})
+    write_prior_meta(folder, meta)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    tokenizer = save_tokenizer(root / "tokenizer")
+    return save_prior(root / "prior", tokenizer), tokenizer
+
+
+def png_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "images").glob("*.png"))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "pixelcnn"])
+def test_sample_writes_pngs_grid_and_codes(tmp_path, pair, arch):
+    prior = pair[0] if arch == "gpt" else save_prior(tmp_path / "pixelcnn", pair[1], arch="pixelcnn")
+    out = sample(prior, pair[1], SampleConfig(per_class=2, classes=[2, 0], batch_size=3, seed=1), tmp_path / "s")
+    assert png_names(out) == ["000000_c2.png", "000001_c2.png", "000002_c0.png", "000003_c0.png"]
+    assert (out / "grid.png").is_file()
+    with np.load(out / "codes.npz") as codes:
+        assert codes["codes"].shape == (4, GRID, GRID) and codes["codes"].max() < K
+        assert codes["labels"].tolist() == [2, 2, 0, 0] and codes["indices"].tolist() == [0, 1, 2, 3]
+
+
+def test_unconditional_prior_names_and_resume(tmp_path, pair):
+    prior = save_prior(tmp_path / "uncond", pair[1], num_classes=0)
+    cfg = SampleConfig(n=5, batch_size=2, seed=3)
+    out = sample(prior, pair[1], cfg, tmp_path / "s")
+    assert png_names(out) == [f"{i:06d}_cu.png" for i in range(5)]
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "images").iterdir()}
+    codes_before = np.load(out / "codes.npz")["codes"]
+    for name in ("000001_cu.png", "000004_cu.png"):
+        (out / "images" / name).unlink()
+    sample(prior, pair[1], dataclasses.replace(cfg, batch_size=4), out)  # batch size may change on resume
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "images").iterdir()}
+    remade = {name for name in after if after[name][1] != before.get(name, (None, None))[1]}
+    assert remade == {"000001_cu.png", "000004_cu.png"}
+    assert all(after[name][0] == before[name][0] for name in before)  # same images again
+    assert np.array_equal(np.load(out / "codes.npz")["codes"], codes_before)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, pair):
+    sample(pair[0], pair[1], SampleConfig(n=2, seed=0), tmp_path / "s")
+    with pytest.raises(VqgenError, match="seed"):
+        sample(pair[0], pair[1], SampleConfig(n=2, seed=1), tmp_path / "s")
+
+
+def test_mismatched_tokenizer_hash_is_refused(tmp_path, pair):
+    other = save_tokenizer(tmp_path / "other")
+    torch.manual_seed(5)
+    VQVAE(VQVAE.config_class.from_pretrained(other)).save_pretrained(other)  # same spec, other weights
+    with pytest.raises(VqgenError, match="tokenizer_sha256"):
+        sample(pair[0], other, SampleConfig(n=1), tmp_path / "s")
+
+
+def test_mismatched_codebook_is_refused(tmp_path, pair):
+    other = save_tokenizer(tmp_path / "other", codebook_size=32)
+    with pytest.raises(VqgenError, match="K=16"):
+        sample(pair[0], other, SampleConfig(n=1), tmp_path / "s")
+
+
+@pytest.mark.parametrize(
+    "cfg,num_classes,match",
+    [(SampleConfig(classes=[N]), N, "out of range"), (SampleConfig(cfg_scale=3.0), 0, "unconditional"),
+     (SampleConfig(classes=[1]), 0, "unconditional")],
+)
+def test_bad_requests_are_refused(tmp_path, pair, cfg, num_classes, match):
+    prior = pair[0] if num_classes == N else save_prior(tmp_path / "uncond", pair[1], num_classes=0)
+    with pytest.raises(VqgenError, match=match):
+        sample(prior, pair[1], cfg, tmp_path / "s")
+    assert not (tmp_path / "s" / "images").exists()
+
+
+SCRIPT = """
+import sys
+from pathlib import Path
+from accelerate import PartialState
+from sampling.decode import sample
+from sampling.generate import SampleConfig
+prior, tokenizer, out = sys.argv[1:4]
+sample(prior, tokenizer, SampleConfig(n=7, batch_size=3, seed=4, cfg_scale=2.0), out)
+state = PartialState()
+Path(out, f"process_{state.process_index}_of_{state.num_processes}").touch()
+"""
+
+
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_two_processes_cover_every_index_once(tmp_path, pair):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+           str(pair[0]), str(pair[1]), str(tmp_path / "two")]
+    subprocess.run(cmd, env=env, check=True, timeout=240, cwd=ROOT, capture_output=True)
+    assert sorted(p.name for p in (tmp_path / "two").glob("process_*")) == ["process_0_of_2", "process_1_of_2"]
+    shards = [np.load(p)["indices"].tolist() for p in sorted((tmp_path / "two" / "shards").glob("*.npz"))]
+    assert shards == [[0, 1, 2], [3], [4, 5, 6]]  # process 0 has 0..3, process 1 has 4..6
+    one = sample(pair[0], pair[1], SampleConfig(n=7, batch_size=7, seed=4, cfg_scale=2.0), tmp_path / "one")
+    with np.load(one / "codes.npz") as a, np.load(tmp_path / "two" / "codes.npz") as b:
+        assert np.array_equal(a["codes"], b["codes"]) and np.array_equal(a["labels"], b["labels"])
