@@ -1,0 +1,164 @@
+"""Training an autoregressive prior on dumped code grids, through the shared loop (`vqgen.loop.fit`).
+
+    path = train_prior(PriorRunConfig(codes="runs/demo/codes", preset="demo"), "runs/demo/prior")
+
+The grids are read memory-mapped through `stage1_vqvae.codes`, never loaded whole. The loss is the
+mean negative log-likelihood (nats) of the code tokens under logits restricted to the K codes, so
+`val/bits_per_token` is directly comparable with `val/unigram_bits`, the entropy of the training
+codes' unigram distribution: what a model that ignores all context would need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import PartialState
+from accelerate.utils import set_seed
+from einops import rearrange
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedModel
+
+from stage1_vqvae.codes import load_codes, read_meta
+from stage2_prior.gpt import build_gpt, gpt_code_logits
+from stage2_prior.load import ARCHS, PriorMeta, write_prior_meta
+from stage2_prior.pixelcnn import build_pixelcnn
+from stage2_prior.vocab import PriorVocab
+from vqgen.errors import VqgenError
+from vqgen.loop import TrainConfig, fit
+
+
+def prior_train_defaults() -> TrainConfig:
+    # GPT-style recipe (nanoGPT, LlamaGen): AdamW(0.9, 0.95), decay 0.1 on matrices, warmup + cosine.
+    return TrainConfig(steps=2000, batch_size=64, lr=3e-4, warmup_steps=100, weight_decay=0.1, grad_clip=1.0)
+
+
+@dataclass
+class PriorRunConfig:
+    codes: str = ""  # a folder written by `vqgen dump-codes` (required)
+    arch: str = "gpt"  # gpt | pixelcnn
+    preset: str = "small"  # demo | tiny | small | base | large
+    family: str = "llama"  # gpt only: llama | gpt2
+    model: dict = field(default_factory=dict)  # config overrides, checked against the config class
+    label_dropout: float = 0.1  # p of training on the unconditional token (classifier-free guidance)
+    train: TrainConfig = field(default_factory=prior_train_defaults)
+
+
+def build_prior(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
+    if cfg.arch not in ARCHS:
+        raise VqgenError(f"prior.arch: unknown architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
+    shape = (vocab.codebook_size, vocab.num_classes, grid_h, grid_w)
+    if cfg.arch == "gpt":
+        return build_gpt(cfg.preset, *shape, family=cfg.family, **cfg.model)
+    return build_pixelcnn(cfg.preset, *shape, **cfg.model)
+
+
+def code_logits(model: torch.nn.Module, arch: str, vocab: PriorVocab, codes: torch.Tensor, index: torch.Tensor):
+    """codes (B, h, w) int64, class indices (B,) in [0, N] -> logits (B, T, K) of every code."""
+    if arch == "gpt":
+        return gpt_code_logits(model, codes, vocab.cond_token(index), vocab.codebook_size)
+    return rearrange(model(codes, index).logits, "b h w k -> b (h w) k")
+
+
+@dataclass
+class CodeCounts:
+    """One streamed pass over the training grids."""
+
+    counts: torch.Tensor  # (K,) float64 occurrences of each code
+    max_label: int
+
+    @property
+    def unigram_bits(self) -> float:
+        p = self.counts / self.counts.sum()
+        p = p[p > 0]
+        return float(-(p * p.log2()).sum())
+
+
+def count_codes(dataset: Dataset, codebook_size: int, batch_size: int = 1024) -> CodeCounts:
+    counts = torch.zeros(codebook_size, dtype=torch.float64)
+    max_label = -1
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        codes = batch["codes"]
+        if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
+            raise VqgenError(f"codes hold values outside [0, {codebook_size}) (codebook_size in vqgen_codes.json)")
+        counts += torch.bincount(codes.flatten(), minlength=codebook_size).double()
+        max_label = max(max_label, int(batch["label"].max()))
+    return CodeCounts(counts, max_label)
+
+
+class PriorTask:
+    """The prior's `TrainTask` for `vqgen.loop.fit`."""
+
+    def __init__(self, cfg: PriorRunConfig):
+        self.cfg = cfg
+        meta = read_meta(cfg.codes)
+        self.codes_meta = dataclasses.asdict(meta)
+        self.vocab = PriorVocab(meta.codebook_size, meta.num_classes)
+        self.train_set = load_codes(cfg.codes, "train")
+        self.val_set = load_codes(cfg.codes, "val") if meta.splits.get("val", 0) > 0 else None
+        self.stats = count_codes(self.train_set, meta.codebook_size)
+        _check_labels(cfg.codes, self.stats.max_label, meta.num_classes)
+        self.model = build_prior(cfg, self.vocab, meta.grid_h, meta.grid_w)
+        self.run_config = {"stage": "prior", **dataclasses.asdict(cfg)}
+
+    def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        state = PartialState()
+        index = self.vocab.class_index(batch["label"])
+        index = self.vocab.drop_labels(index, self.cfg.label_dropout, state.process_index, state.num_processes)
+        logits = code_logits(model, self.cfg.arch, self.vocab, batch["codes"], index)
+        targets = rearrange(batch["codes"], "b h w -> b (h w)")
+        loss = F.cross_entropy(rearrange(logits, "b t k -> (b t) k"), targets.flatten())
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+        return {"loss": loss, "accuracy": accuracy.detach()}
+
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
+        nll, correct, tokens = 0.0, 0.0, 0
+        for batch in loader:
+            index = self.vocab.class_index(batch["label"])
+            logits = code_logits(model, self.cfg.arch, self.vocab, batch["codes"], index)
+            targets = rearrange(batch["codes"], "b h w -> b (h w)")
+            per_sample = F.cross_entropy(rearrange(logits, "b t k -> b k t"), targets, reduction="none").sum(1)
+            hits = (logits.argmax(-1) == targets).float().sum(1)
+            per_sample, hits = accelerator.gather_for_metrics((per_sample, hits))
+            nll += float(per_sample.double().sum())
+            correct += float(hits.double().sum())
+            tokens += per_sample.numel() * targets.shape[1]
+        nll /= max(tokens, 1)
+        return {
+            "val/nll": nll,
+            "val/bits_per_token": nll / math.log(2),
+            "val/accuracy": correct / max(tokens, 1),
+            "val/unigram_bits": self.stats.unigram_bits,
+        }
+
+    def after_evaluate(self, model, step: int, out_dir: Path, accelerator) -> None:
+        """Nothing to draw here: `vqgen sample` decodes grids with the tokenizer."""
+
+    def save_extras(self, model_dir: Path) -> None:
+        meta = self.codes_meta
+        prior_meta = PriorMeta(
+            arch=self.cfg.arch, codebook_size=self.vocab.codebook_size, grid_h=meta["grid_h"], grid_w=meta["grid_w"],
+            num_classes=self.vocab.num_classes, uncond_token=self.vocab.uncond_token,
+            tokenizer_sha256=meta["tokenizer_sha256"], codes_meta=meta,
+        )
+        write_prior_meta(model_dir, prior_meta)
+
+
+def _check_labels(codes_dir: str, max_label: int, num_classes: int) -> None:
+    if max_label >= num_classes or (num_classes > 0 and max_label < 0):
+        raise VqgenError(
+            f"{Path(codes_dir) / 'vqgen_codes.json'}: num_classes is {num_classes} but the training labels reach "
+            f"{max_label}; re-dump the codes (vqgen dump-codes) so metadata and data agree"
+        )
+
+
+def train_prior(cfg: PriorRunConfig, out: str | Path, resume: bool = False) -> Path:
+    """Train a prior on `cfg.codes`; returns OUT/model (save_pretrained files + vqgen_prior.json)."""
+    if cfg.arch not in ARCHS:
+        raise VqgenError(f"prior.arch: unknown architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
+    set_seed(cfg.train.seed)  # before the model is built, so the seed fixes its initialisation
+    return fit(PriorTask(cfg), cfg.train, out, resume=resume)

@@ -1,0 +1,142 @@
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stage2_prior.load import load_prior
+from stage2_prior.train import PriorRunConfig, PriorTask, count_codes, train_prior
+from vqgen.errors import VqgenError
+from vqgen.loop import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from codes_folder import K, N, shifted_grids, write_codes  # noqa: E402
+
+MODELS = {
+    "gpt": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+    "pixelcnn": {"hidden_size": 32, "num_layers": 4, "kernel_size": 3, "head_size": 32},
+}
+TRAIN = TrainConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=4, weight_decay=0.1, eval_every=40,
+                    save_every=40, log_every=1)
+
+
+def config(codes: Path, arch: str = "gpt", **train) -> PriorRunConfig:
+    return PriorRunConfig(codes=str(codes), arch=arch, preset="tiny", model=MODELS[arch],
+                          train=dataclasses.replace(TRAIN, **train))
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def codes(tmp_path_factory) -> Path:
+    return write_codes(tmp_path_factory.mktemp("codes"))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "pixelcnn"])
+def test_prior_learns_structure_and_saves_loadable_folder(tmp_path, codes, arch):
+    model_dir = train_prior(config(codes, arch), tmp_path)
+    last = [r for r in metrics(tmp_path) if "val/bits_per_token" in r][-1]
+    assert last["val/unigram_bits"] == pytest.approx(math.log2(K))  # every code equally frequent
+    assert last["val/bits_per_token"] < 0.5 * last["val/unigram_bits"], last
+    assert last["val/nll"] == pytest.approx(last["val/bits_per_token"] * math.log(2))
+    for path in (tmp_path, model_dir):  # run folder or model folder
+        prior = load_prior(path)
+        assert prior.meta.arch == arch and prior.meta.uncond_token == K + N
+        assert prior.meta.codes_meta["grid_h"] == 4 and not prior.model.training
+    assert json.loads((tmp_path / "run_config.json").read_text())["arch"] == arch
+
+
+def test_count_codes_streams_the_unigram(codes):
+    task_codes = PriorTask(config(codes)).train_set
+    stats = count_codes(task_codes, K, batch_size=50)
+    grids, labels = shifted_grids(256, seed=0)
+    assert torch.equal(stats.counts, torch.from_numpy(np.bincount(grids.ravel(), minlength=K)).double())
+    assert stats.max_label == labels.max()
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledTask(PriorTask):
+    def __init__(self, cfg, kill_at: int):
+        super().__init__(cfg)
+        self.calls, self.kill_at = 0, kill_at
+
+    def training_step(self, model, batch):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            raise Killed
+        return super().training_step(model, batch)
+
+
+def test_resume_is_bit_exact_with_label_dropout(tmp_path, codes, monkeypatch):
+    from stage2_prior import train as train_module
+
+    cfg = dataclasses.replace(config(codes, steps=8, eval_every=4, save_every=4), label_dropout=0.5)
+    whole = train_prior(cfg, tmp_path / "whole")
+    monkeypatch.setattr(train_module, "PriorTask", lambda c: KilledTask(c, kill_at=7))
+    with pytest.raises(Killed):
+        train_prior(cfg, tmp_path / "split")
+    monkeypatch.undo()
+    resumed = train_prior(cfg, tmp_path / "split", resume=True)
+    a, b = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert metrics(tmp_path / "whole") == [
+        {**r, "elapsed_s": m["elapsed_s"]} if "elapsed_s" in r else r
+        for r, m in zip(metrics(tmp_path / "split"), metrics(tmp_path / "whole"))
+    ]
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path, codes):
+    train_prior(config(codes, steps=2, save_every=2, eval_every=2), tmp_path)
+    with pytest.raises(VqgenError, match="arch"):
+        train_prior(config(codes, "pixelcnn", steps=4), tmp_path, resume=True)
+
+
+@pytest.mark.parametrize(
+    "meta_changes,model,match",
+    [({"num_classes": 2}, {}, "num_classes"), ({"codebook_size": 8}, {}, "codebook_size"),
+     ({}, {"vocab_size": 12}, "vocab_size"), ({}, {"hidden_sise": 8}, "hidden_sise")],
+)
+def test_bad_input_is_one_line_error(tmp_path, meta_changes, model, match):
+    codes = write_codes(tmp_path / "codes", n_train=8, n_val=4, **meta_changes)
+    cfg = dataclasses.replace(config(codes), model={**MODELS["gpt"], **model})
+    with pytest.raises(VqgenError, match=match) as err:
+        train_prior(cfg, tmp_path / "run")
+    assert "\n" not in str(err.value)
+
+
+def test_missing_codes_folder_is_one_line_error(tmp_path):
+    with pytest.raises(VqgenError) as err:
+        train_prior(config(tmp_path / "nowhere"), tmp_path / "run")
+    assert "nowhere" in str(err.value) and "\n" not in str(err.value)
+
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_match_one(tmp_path, codes):
+    """Same global batch, same label dropout draws: the per-step losses agree across 1 and 2 processes."""
+    script = Path(__file__).parent / "run_prior_fit.py"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    for procs in (1, 2):
+        cmd = [*LAUNCH, "--num_processes", str(procs), str(script), str(codes), str(tmp_path / f"p{procs}")]
+        if procs == 1:
+            cmd = [sys.executable, str(script), str(codes), str(tmp_path / "p1")]
+        subprocess.run(cmd, check=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
+    one, two = ([(r["step"], r["train/loss"]) for r in metrics(tmp_path / p) if "train/loss" in r] for p in ("p1", "p2"))
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 7))
+    assert np.allclose([l for _, l in one], [l for _, l in two], rtol=1e-4, atol=1e-5), (one, two)
