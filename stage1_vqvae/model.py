@@ -30,10 +30,10 @@ MODEL_TYPE = "vqgen_vqvae"
 # Named architectures; each lists only what differs from the VQVAEConfig defaults ("small", the
 # Fashion-MNIST/MNIST tokenizer: 32x32 -> 8x8 codes, K=512, trains on a CPU in minutes).
 PRESETS: dict[str, dict] = {
-    "tiny": {"base_channels": 16, "channel_mult": (1, 2), "code_dim": 16, "codebook_size": 64},
+    "tiny": {"base_channels": 8, "channel_mult": (1, 2), "code_dim": 16, "codebook_size": 64},
     "small": {},
     # CIFAR-10-sized colour images: wider, two blocks per level, attention at 8x8.
-    "base": {"base_channels": 64, "num_res_blocks": 2, "attn_at_lowest": True, "codebook_size": 1024},
+    "base": {"base_channels": 64, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "attn_at_lowest": True, "codebook_size": 1024},
     # 128-256 px images, factor 16 as in LlamaGen's VQ-16, with its 8-dim l2-normalised lookup.
     "large": {"base_channels": 64, "channel_mult": (1, 1, 2, 2, 4), "num_res_blocks": 2, "attn_at_lowest": True,
               "code_dim": 256, "codebook_size": 8192, "lookup_dim": 8},
@@ -50,8 +50,8 @@ class VQVAEConfig(PreTrainedConfig):
         self,
         in_channels: int = 1,
         image_size: int = 32,
-        base_channels: int = 32,
-        channel_mult: tuple[int, ...] | list[int] = (1, 2, 2),
+        base_channels: int = 16,
+        channel_mult: tuple[int, ...] | list[int] = (1, 2, 4),
         num_res_blocks: int = 1,
         attn_at_lowest: bool = False,
         code_dim: int = 64,
@@ -203,10 +203,15 @@ class VQVAE(PreTrainedModel):
             )
 
 
-def load_tokenizer(path: str | Path) -> VQVAE:
-    """A trained tokenizer from its model folder, or from a training run folder holding model/."""
+def tokenizer_folder(path: str | Path) -> Path:
+    """The model folder of a tokenizer given its model folder or its training run folder (RUN/model)."""
     path = Path(path)
-    folder = path / "model" if (path / "model" / "config.json").is_file() else path
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
+def load_tokenizer(path: str | Path) -> VQVAE:
+    """A trained tokenizer (eval mode) from its model folder, or from a training run folder holding model/."""
+    folder = tokenizer_folder(path)
     config = read_json(folder / "config.json", "tokenizer config (a model folder or a run folder with model/)")
     if config.get("model_type") != MODEL_TYPE:
         raise VqgenError(

@@ -1,0 +1,232 @@
+"""Code grids on disk: the contract between stage 1 and stage 2. The only reader and writer.
+
+    CODES/train/, CODES/val/   datasets `save_to_disk` Arrow folders, memory-mapped on load; columns
+                               codes  uint16 Array2D (h, w) (uint32 when K > 65535)
+                               label  int64, -1 when the data set is unlabelled
+                               index  int64, position of the source image in its split
+    CODES/vqgen_codes.json     CodeGridMeta below (format_version 1)
+
+Images are encoded once, as LlamaGen's `extract_codes_c2i.py` does, so stage 2 never touches pixels.
+Under `accelerate launch` every process encodes a contiguous shard of each split; the main process
+joins the shards in order, so the rows equal a one-process dump.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from accelerate import PartialState
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+import vqgen
+from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
+from vqgen.data import DataConfig, ImageDataset, load_images
+from vqgen.errors import VqgenError
+from vqgen.runs import atomic_path, read_json, sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "vqgen_codes.json"
+
+
+@dataclass
+class CodeGridMeta:
+    format_version: int
+    codebook_size: int  # K
+    grid_h: int  # h
+    grid_w: int  # w
+    image_size: int  # H = W of the encoded images
+    channels: int  # C
+    num_classes: int  # N, 0 when unlabelled
+    data_spec: str
+    splits: dict[str, int]  # rows per split
+    tokenizer_sha256: str  # sha256 of the tokenizer's model.safetensors
+    tokenizer_path: str
+    vqgen_version: str
+
+
+def code_dtype(codebook_size: int) -> str:
+    """The Arrow dtype of stored codes: uint16 unless K > 65535 (the contract's rule)."""
+    return "uint16" if codebook_size <= 65535 else "uint32"
+
+
+def tokenizer_sha256(tokenizer_path: str | Path) -> str:
+    """The tokenizer hash stored with codes: sha256 of <model folder>/model.safetensors."""
+    weights = tokenizer_folder(tokenizer_path) / "model.safetensors"
+    if not weights.is_file():
+        raise VqgenError(f"{weights}: not found; pass a tokenizer model folder or its training run folder")
+    return sha256_file(weights)
+
+
+def dump_codes(tokenizer_path: str | Path, data: DataConfig, out: str | Path, splits: tuple[str, ...] = ("train", "val"),
+               batch_size: int = 256) -> Path:
+    """Encode every image of `splits` with the tokenizer and write the code-grid folder `out`."""
+    out, state = Path(out), PartialState()
+    tokenizer = load_tokenizer(tokenizer_path).to(state.device)
+    sets = {split: load_images(data, split) for split in splits}
+    for images in sets.values():
+        _check_fits(tokenizer, images, data)
+    grid = (data.image_size // tokenizer.downsample_factor,) * 2
+    staging = out.with_name(f".{out.name}.shards")
+    if state.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    for split, images in sets.items():
+        _write_shard(tokenizer, images, grid, staging / split / f"rank_{state.process_index:05d}", batch_size, state)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        first = next(iter(sets.values()))
+        meta = CodeGridMeta(
+            FORMAT_VERSION, tokenizer.config.codebook_size, grid[0], grid[1], data.image_size, first.channels,
+            first.num_classes, data.spec, {split: len(images) for split, images in sets.items()},
+            tokenizer_sha256(tokenizer_path), str(tokenizer_folder(tokenizer_path).resolve()), vqgen.__version__,
+        )
+        _join_shards(staging, out, meta)
+        shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
+    return out
+
+
+def _check_fits(tokenizer: VQVAE, images: ImageDataset, data: DataConfig) -> None:
+    cfg = tokenizer.config
+    if images.channels != cfg.in_channels or data.image_size % tokenizer.downsample_factor:
+        raise VqgenError(
+            f"data '{data.spec}': {images.channels}-channel {data.image_size}px images do not fit this tokenizer "
+            f"({cfg.in_channels} channels, sizes multiple of {tokenizer.downsample_factor}); set data.channels "
+            f"and data.image_size as in training ({cfg.image_size}px)"
+        )
+    if data.image_size != cfg.image_size:
+        logger.warning("encoding %dpx images with a tokenizer trained on %dpx", data.image_size, cfg.image_size)
+
+
+def _features(grid: tuple[int, int], codebook_size: int) -> datasets.Features:
+    return datasets.Features({
+        "codes": datasets.Array2D(shape=grid, dtype=code_dtype(codebook_size)),
+        "label": datasets.Value("int64"),
+        "index": datasets.Value("int64"),
+    })
+
+
+def _write_shard(tokenizer: VQVAE, images: ImageDataset, grid: tuple[int, int], shard: Path, batch_size: int,
+                 state: PartialState) -> None:
+    """This process's contiguous slice of `images`, encoded and streamed to an Arrow folder."""
+    with state.split_between_processes(torch.arange(len(images))) as mine:
+        subset = Subset(images, mine.tolist())
+    # from_generator writes rows to an Arrow file in cache_dir as they come (1000 per write), so
+    # memory stays flat however large the split; the explicit fingerprint skips hashing the
+    # generator's arguments (the model) and, with a fresh cache_dir, can never reuse stale rows.
+    ds = datasets.Dataset.from_generator(
+        _encoded_rows, features=_features(grid, tokenizer.config.codebook_size),
+        gen_kwargs={"tokenizer": tokenizer, "subset": subset, "batch_size": batch_size,
+                    "show_progress": state.is_main_process},
+        cache_dir=str(shard.with_name(shard.name + ".cache")), fingerprint=f"{shard.parent.name}-{shard.name}",
+    )
+    ds.save_to_disk(str(shard))
+
+
+def _encoded_rows(tokenizer: VQVAE, subset: Dataset, batch_size: int, show_progress: bool):
+    dtype = code_dtype(tokenizer.config.codebook_size)
+    loader = DataLoader(subset, batch_size=batch_size)
+    for batch in tqdm(loader, desc="encoding", disable=not show_progress):
+        codes = tokenizer.encode(batch["image"].to(tokenizer.device)).cpu().numpy().astype(dtype)
+        for row, label, index in zip(codes, batch["label"].tolist(), batch["index"].tolist()):
+            yield {"codes": row, "label": label, "index": index}
+
+
+def _join_shards(staging: Path, out: Path, meta: CodeGridMeta) -> None:
+    with atomic_path(out, is_dir=True) as tmp:
+        for split in meta.splits:
+            shards = sorted(p for p in (staging / split).iterdir() if p.is_dir() and not p.name.endswith(".cache"))
+            parts = [datasets.load_from_disk(str(p)) for p in shards]
+            joined = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+            joined.save_to_disk(str(tmp / split))
+        write_json(tmp / META_FILE, dataclasses.asdict(meta))
+
+
+def read_meta(codes_dir: str | Path) -> CodeGridMeta:
+    """The vqgen_codes.json of a code-grid folder."""
+    path = Path(codes_dir) / META_FILE
+    if not Path(codes_dir).is_dir():
+        raise VqgenError(f"{codes_dir}: code-grid folder not found; run `vqgen dump-codes` first or fix the path")
+    raw = read_json(path, "code-grid metadata (written by `vqgen dump-codes`)")
+    fields = [f.name for f in dataclasses.fields(CodeGridMeta)]
+    missing = [name for name in fields if name not in raw]
+    if missing:
+        raise VqgenError(f"{path}: field '{missing[0]}' is missing; the folder is incomplete, re-run `vqgen dump-codes`")
+    if raw["format_version"] != FORMAT_VERSION:
+        raise VqgenError(
+            f"{path}: format_version={raw['format_version']} but this vqgen reads {FORMAT_VERSION}; "
+            "re-run `vqgen dump-codes` with this version"
+        )
+    return CodeGridMeta(**{name: raw[name] for name in fields})
+
+
+class CodeGrids(Dataset):
+    """One split of a code-grid folder, memory-mapped. Item: {"codes": int64 (h, w), "label": int64}."""
+
+    def __init__(self, table: datasets.Dataset, meta: CodeGridMeta):
+        self.table, self.meta = table.with_format("torch", columns=["codes", "label"]), meta
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        row = self.table[int(i)]
+        return {"codes": row["codes"].long(), "label": row["label"]}
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        # One Arrow read per batch instead of one per item (DataLoader's batched fetch).
+        rows = self.table[list(indices)]
+        return [{"codes": c, "label": y} for c, y in zip(rows["codes"].long(), rows["label"])]
+
+
+def load_codes(codes_dir: str | Path, split: str, expect_tokenizer_sha256: str | None = None) -> CodeGrids:
+    """Split `split` of the code-grid folder `codes_dir`, checked against its metadata (and tokenizer)."""
+    meta = read_meta(codes_dir)
+    meta_path = Path(codes_dir) / META_FILE
+    if expect_tokenizer_sha256 is not None and expect_tokenizer_sha256 != meta.tokenizer_sha256:
+        raise VqgenError(
+            f"{meta_path}: tokenizer_sha256 {meta.tokenizer_sha256[:12]}... does not match the tokenizer in use "
+            f"({expect_tokenizer_sha256[:12]}...); re-run `vqgen dump-codes` with this tokenizer or use the one "
+            f"the codes were made with ({meta.tokenizer_path})"
+        )
+    folder = Path(codes_dir) / split
+    if split not in meta.splits or not folder.is_dir():
+        raise VqgenError(f"{folder}: split '{split}' not found (has {', '.join(meta.splits)}); dump it with `vqgen dump-codes`")
+    table = datasets.load_from_disk(str(folder))
+    _check_table(table, meta, meta_path, split)
+    return CodeGrids(table, meta)
+
+
+def _check_table(table: datasets.Dataset, meta: CodeGridMeta, meta_path: Path, split: str) -> None:
+    feature = table.features.get("codes")
+    if not isinstance(feature, datasets.Array2D) or tuple(feature.shape) != (meta.grid_h, meta.grid_w):
+        raise VqgenError(
+            f"{meta_path}: grid_h/grid_w ({meta.grid_h}x{meta.grid_w}) do not match the stored codes "
+            f"({feature}); the folder is mixed up, re-run `vqgen dump-codes`"
+        )
+    if meta.codebook_size - 1 > np.iinfo(np.dtype(feature.dtype)).max:
+        raise VqgenError(
+            f"{meta_path}: codebook_size={meta.codebook_size} cannot be held by the stored {feature.dtype} codes; "
+            "the metadata belongs to another tokenizer, re-run `vqgen dump-codes`"
+        )
+    if len(table) != meta.splits[split]:
+        raise VqgenError(
+            f"{meta_path}: splits.{split}={meta.splits[split]} but {split}/ holds {len(table)} rows; "
+            "the folder is incomplete, re-run `vqgen dump-codes`"
+        )
+
+
+@torch.no_grad()
+def decode(codes: torch.Tensor, tokenizer: VQVAE, batch_size: int = 256) -> torch.Tensor:
+    """codes (B, h, w) integers in [0, K) -> images (B, C, H, W) in [-1, 1] on the CPU, in batches."""
+    return torch.cat([tokenizer.decode_codes(chunk).cpu() for chunk in codes.split(batch_size)])
