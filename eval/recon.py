@@ -1,0 +1,96 @@
+"""Tokenizer metrics: PSNR, SSIM and codebook usage over a split, and rFID of its reconstructions.
+
+rFID (as in LlamaGen's tokenizer tables) is the FID of reconstructed val images against the same
+val images, with the standard Inception network (eval/inception.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch.utils.data import DataLoader, Subset
+from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+from torchvision.utils import save_image
+
+from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of, to_uint8
+from eval.inception import InceptionFeatures, extract_features
+from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
+from vqgen.data import DataConfig, load_images
+from vqgen.runs import atomic_path, sha256_file, write_json
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def tokenizer_metrics(tokenizer: VQVAE, data: DataConfig, split: str = "val", batch_size: int = BATCH_SIZE) -> dict:
+    """Mean per-image PSNR and SSIM (images in [0, 1]), codebook usage (% of K used) and the
+    perplexity of the code histogram, over the whole split."""
+    k = tokenizer.config.codebook_size
+    counts = torch.zeros(k, dtype=torch.long)
+    sums, n = {"psnr": 0.0, "ssim": 0.0}, 0
+    for batch in DataLoader(load_images(data, split), batch_size=batch_size):
+        images = batch["image"].to(tokenizer.device)
+        codes = tokenizer.encode(images)
+        target, recon = images * 0.5 + 0.5, tokenizer.decode_codes(codes) * 0.5 + 0.5
+        sums["psnr"] += float(psnr(recon, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).sum())
+        sums["ssim"] += float(ssim(recon, target, data_range=1.0, reduction="none").sum())
+        counts += torch.bincount(codes.flatten().cpu(), minlength=k)
+        n += len(images)
+    probs = counts.double() / counts.sum()
+    perplexity = float((-(probs * probs.clamp(min=1e-12).log()).sum()).exp())
+    return {"psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n, "usage": 100.0 * float((counts > 0).double().mean()),
+            "perplexity": perplexity, "n_images": n, "split": split}
+
+
+def _image_pairs(tokenizer: VQVAE, data: DataConfig, split: str, n: int):
+    """uint8 batches of originals and of their reconstructions, for the first n images."""
+    dataset = load_images(data, split)
+    subset = Subset(dataset, range(min(n, len(dataset))))
+    originals, recons = [], []
+    for batch in DataLoader(subset, batch_size=BATCH_SIZE):
+        images = batch["image"].to(tokenizer.device)
+        originals.append(to_uint8(images.cpu()))
+        recons.append(to_uint8(tokenizer.decode_codes(tokenizer.encode(images)).cpu()))
+    return originals, recons
+
+
+def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None = None, split: str = "val") -> dict:
+    """FID of the reconstructions of the first n images of `split` against those images."""
+    model = InceptionFeatures(weights)
+    originals, recons = _image_pairs(tokenizer, data, split, n)
+    count = sum(len(b) for b in originals)
+    real = extract_features(model, originals, count, desc="rFID originals").features
+    fake = extract_features(model, recons, count, desc="rFID reconstructions").features
+    return {"rfid": frechet_distance(stats_of(real, {"n": count}), fake), "rfid_n": count, **protocol(model)}
+
+
+def save_side_by_side(tokenizer: VQVAE, data: DataConfig, path: Path, n: int = 64, cols: int = 8) -> None:
+    """Rows of `cols` val images, each row followed by the row of their reconstructions."""
+    originals, recons = _image_pairs(tokenizer, data, "val", n)
+    pairs = torch.stack([torch.cat(originals), torch.cat(recons)])
+    count = pairs.shape[1] // cols * cols or pairs.shape[1]
+    cols = min(cols, count)
+    grid = rearrange(pairs[:, :count], "two (rows cols) c h w -> (rows two cols) c h w", cols=cols)
+    with atomic_path(path) as tmp:
+        save_image(grid.float() / 255.0, tmp, nrow=cols, padding=1)
+
+
+def reconstruct(
+    tokenizer: str | Path, data: DataConfig, out: str | Path, n: int = 64, weights: str | Path | None = None,
+    rfid_n: int = 0,
+) -> dict[str, Any]:
+    """`vqgen reconstruct`: OUT/reconstructions.png (n val images above their reconstructions) and
+    OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n)."""
+    out = Path(out)
+    model = load_tokenizer(tokenizer)
+    save_side_by_side(model, data, out / "reconstructions.png", n)
+    metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights)
+    metrics["tokenizer_sha256"] = sha256_file(tokenizer_folder(tokenizer) / "model.safetensors")
+    write_json(out / "metrics.json", metrics)
+    logger.info("wrote %s and %s", out / "reconstructions.png", out / "metrics.json")
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
