@@ -78,13 +78,17 @@ class CodeCounts:
         return float(-(p * p.log2()).sum())
 
 
-def count_codes(dataset: Dataset, codebook_size: int, batch_size: int = 1024) -> CodeCounts:
+def count_codes(dataset: Dataset, codebook_size: int, batch_size: int = 1024, source: str = "codes") -> CodeCounts:
+    """Code counts and the largest label, streamed batch by batch (never the whole split in memory)."""
     counts = torch.zeros(codebook_size, dtype=torch.float64)
     max_label = -1
     for batch in DataLoader(dataset, batch_size=batch_size):
         codes = batch["codes"]
         if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
-            raise VqgenError(f"codes hold values outside [0, {codebook_size}) (codebook_size in vqgen_codes.json)")
+            raise VqgenError(
+                f"{source}: stored codes reach {int(codes.max())}, outside codebook_size={codebook_size}; "
+                "the metadata belongs to another tokenizer, re-run `vqgen dump-codes`"
+            )
         counts += torch.bincount(codes.flatten(), minlength=codebook_size).double()
         max_label = max(max_label, int(batch["label"].max()))
     return CodeCounts(counts, max_label)
@@ -100,7 +104,7 @@ class PriorTask:
         self.vocab = PriorVocab(meta.codebook_size, meta.num_classes)
         self.train_set = load_codes(cfg.codes, "train")
         self.val_set = load_codes(cfg.codes, "val") if meta.splits.get("val", 0) > 0 else None
-        self.stats = count_codes(self.train_set, meta.codebook_size)
+        self.stats = count_codes(self.train_set, meta.codebook_size, source=str(Path(cfg.codes) / "vqgen_codes.json"))
         _check_labels(cfg.codes, self.stats.max_label, meta.num_classes)
         self.model = build_prior(cfg, self.vocab, meta.grid_h, meta.grid_w)
         self.run_config = {"stage": "prior", **dataclasses.asdict(cfg)}

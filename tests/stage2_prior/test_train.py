@@ -139,4 +139,4 @@ def test_two_processes_match_one(tmp_path, codes):
         subprocess.run(cmd, check=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
     one, two = ([(r["step"], r["train/loss"]) for r in metrics(tmp_path / p) if "train/loss" in r] for p in ("p1", "p2"))
     assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 7))
-    assert np.allclose([l for _, l in one], [l for _, l in two], rtol=1e-4, atol=1e-5), (one, two)
+    assert np.allclose([loss for _, loss in one], [loss for _, loss in two], rtol=1e-4, atol=1e-5), (one, two)
