@@ -8,12 +8,12 @@ folder reloads with `VQVAE.from_pretrained` or `AutoModel.from_pretrained` (regi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
@@ -222,7 +222,7 @@ def load_tokenizer(path: str | Path) -> VQVAE:
         raise VqgenError(f"{folder}: model.safetensors is missing; re-run `vqgen train-tokenizer` or copy it back")
     try:
         model, info = VQVAE.from_pretrained(folder, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise VqgenError(f"{folder}: cannot load the tokenizer ({first}); the files are corrupt, re-train or re-copy them") from None
     broken = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"]) + sorted(info["mismatched_keys"])
