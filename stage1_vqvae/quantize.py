@@ -138,14 +138,26 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool = False) -> Tensor:
 def _kmeanspp_seeds(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """k rows of x (N, d) by k-means++ (Arthur & Vassilvitskii 2007): each next seed is drawn with
     probability proportional to its squared distance from the seeds so far, so that Lloyd's
-    iterations do not start with two seeds in one cluster and leave another cluster uncovered."""
-    picks = [torch.randint(x.shape[0], (1,), generator=generator, device=x.device)]
-    closest = (x - x[picks[0]]).square().sum(1)
-    for _ in range(k - 1):
-        weights = closest if bool(closest.sum() > 0) else torch.ones_like(closest)  # N < k: repeat
-        picks.append(torch.multinomial(weights, 1, generator=generator))
-        torch.minimum(closest, (x - x[picks[-1]]).square().sum(1), out=closest)
-    return x[torch.cat(picks)]
+    iterations do not start with two seeds in one cluster and leave another cluster uncovered.
+
+    For large k the seeds are drawn k // 64 at a time (as k-means|| oversamples per round), so
+    there are at most ~64 sequential rounds instead of k.
+    """
+    per_round = max(1, k // 64)
+    x_sq = x.square().sum(1)
+    new = x[torch.randint(x.shape[0], (1,), generator=generator, device=x.device)]
+    seeds, closest = [new], torch.full_like(x_sq, float("inf"))
+    for drawn in range(1, k + 1, per_round):
+        # squared distances to the newest seeds only: ||x||^2 - 2 x.s + ||s||^2
+        dist = torch.addmm(new.square().sum(1), x, new.t(), alpha=-2).add_(x_sq.unsqueeze(1))
+        torch.minimum(closest, dist.clamp_(min=0).min(1).values, out=closest)
+        want = min(per_round, k - drawn)
+        if want <= 0:
+            break
+        weights = closest if bool((closest > 0).sum() >= want) else torch.ones_like(closest)
+        new = x[torch.multinomial(weights, want, generator=generator)]
+        seeds.append(new)
+    return torch.cat(seeds)
 
 
 @torch.no_grad()
