@@ -164,5 +164,7 @@ def train_prior(cfg: PriorRunConfig, out: str | Path, resume: bool = False) -> P
     """Train a prior on `cfg.codes`; returns OUT/model (save_pretrained files + vqgen_prior.json)."""
     if cfg.arch not in ARCHS:
         raise VqgenError(f"prior.arch: unknown architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
+    if not 0.0 <= cfg.label_dropout < 1.0:
+        raise VqgenError(f"prior.label_dropout: {cfg.label_dropout} must be in [0, 1); 0.1 is the usual value")
     set_seed(cfg.train.seed)  # before the model is built, so the seed fixes its initialisation
     return fit(PriorTask(cfg), cfg.train, out, resume=resume)
