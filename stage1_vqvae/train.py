@@ -51,8 +51,8 @@ class TokenizerRunConfig:
     train: TrainConfig = field(default_factory=tokenizer_train_defaults)
 
 
-def build_model_config(cfg: TokenizerRunConfig, channels: int) -> VQVAEConfig:
-    """Preset, then `model:` overrides, then the data's channels and image size."""
+def model_settings(cfg: TokenizerRunConfig) -> dict:
+    """The VQVAEConfig keywords of the preset and the `model:` overrides, checked before any data is read."""
     if cfg.preset not in PRESETS:
         raise VqgenError(f"tokenizer config: preset '{cfg.preset}' is unknown; use one of {', '.join(PRESETS)}")
     check_kwargs(VQVAEConfig, cfg.model, source="tokenizer config 'model' section")
@@ -67,8 +67,12 @@ def build_model_config(cfg: TokenizerRunConfig, channels: int) -> VQVAEConfig:
             f"tokenizer config: data.image_size={cfg.data.image_size} is not a multiple of the tokenizer's "
             f"downsampling factor {factor}; use a multiple of {factor} or fewer model.channel_mult entries"
         )
+    return kwargs
+
+
+def build_model_config(settings: dict, data: DataConfig, channels: int) -> VQVAEConfig:
     try:
-        return VQVAEConfig(**kwargs, in_channels=channels, image_size=cfg.data.image_size)
+        return VQVAEConfig(**settings, in_channels=channels, image_size=data.image_size)
     except ValueError as err:
         raise VqgenError(f"tokenizer config 'model' section: {err}") from None
 
@@ -80,9 +84,10 @@ class TokenizerTask:
         if cfg.recon_loss not in RECONSTRUCTION:
             raise VqgenError(f"tokenizer config: recon_loss='{cfg.recon_loss}' is unknown; use mse or l1")
         self.cfg = cfg
+        settings = model_settings(cfg)
         self.train_set: ImageDataset = load_images(cfg.data, "train")
         self.val_set: ImageDataset = load_images(cfg.data, "val")
-        self.model = VQVAE(build_model_config(cfg, self.train_set.channels))
+        self.model = VQVAE(build_model_config(settings, cfg.data, self.train_set.channels))
         self.run_config = to_dict(cfg)
         self.last_eval: dict[str, float] = {}
 

@@ -1,0 +1,95 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+
+from stage1_vqvae.model import load_tokenizer
+from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask, train_tokenizer
+from vqgen.data import DataConfig
+from vqgen.errors import VqgenError
+from vqgen.loop import TrainConfig, fit
+
+TRAIN = TrainConfig(steps=6, batch_size=16, lr=1e-3, warmup_steps=2, eval_every=3, save_every=2, log_every=1)
+
+
+def config(**changes) -> TokenizerRunConfig:
+    base = dict(data=DataConfig(image_size=16, max_images=64), preset="tiny", model={"codebook_size": 32},
+                train=TRAIN)
+    return TokenizerRunConfig(**{**base, **changes})
+
+
+def records(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+
+
+class Killed(Exception):
+    """Stands for a SIGKILL in the middle of a run."""
+
+
+class KilledTask(TokenizerTask):
+    def __init__(self, cfg: TokenizerRunConfig, kill_at_call: int):
+        super().__init__(cfg)
+        self.calls, self.kill_at_call = 0, kill_at_call
+
+    def training_step(self, model, batch):
+        self.calls += 1
+        if self.calls == self.kill_at_call:
+            raise Killed
+        return super().training_step(model, batch)
+
+
+def test_training_writes_model_metrics_and_previews(tmp_path, fmnist_available):
+    model_dir = train_tokenizer(config(), tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    assert model_dir == tmp_path / "model" and tokenizer.config.codebook_size == 32
+    assert tokenizer.config.image_size == 16 and tokenizer.config.in_channels == 1
+    rows = records(tmp_path)
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(1, 7))
+    assert {"train/mse", "train/psnr", "train/usage", "train/perplexity", "train/commitment"} <= set(train_rows[0])
+    val = [r for r in rows if "val/usage" in r]
+    assert [r["step"] for r in val] == [3, 6]
+    assert 0 < val[-1]["val/usage"] <= 100 and 1 <= val[-1]["val/perplexity"] <= 32
+    assert -1 <= val[-1]["val/ssim"] <= 1 and val[-1]["val/psnr"] > 0
+    assert (tmp_path / "recon_step_3.png").is_file() and (tmp_path / "recon_step_6.png").is_file()
+    extras = json.loads((model_dir / "vqgen_tokenizer.json").read_text())
+    assert extras["val"]["val/usage"] == val[-1]["val/usage"] and extras["data"]["image_size"] == 16
+
+
+def test_killed_then_resumed_run_equals_an_uninterrupted_one(tmp_path, fmnist_available):
+    whole = train_tokenizer(config(), tmp_path / "whole")
+    set_seed(TRAIN.seed)  # as train_tokenizer does
+    with pytest.raises(Killed):
+        fit(KilledTask(config(), kill_at_call=5), TRAIN, tmp_path / "split")  # last checkpoint: step 4
+    resumed = train_tokenizer(config(), tmp_path / "split", resume=True)
+    expected, got = load_file(whole / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
+    assert records(tmp_path / "split") == records(tmp_path / "whole")
+
+
+def test_image_size_must_be_a_multiple_of_the_factor(tmp_path, fmnist_available):
+    with pytest.raises(VqgenError, match=r"data.image_size=18 is not a multiple .* factor 4"):
+        train_tokenizer(config(data=DataConfig(image_size=18, max_images=16), model={"channel_mult": [1, 1, 2]}),
+                        tmp_path)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"preset": "huge"}, "preset 'huge' is unknown"),
+        ({"model": {"codebok_size": 8}}, "codebok_size"),
+        ({"model": {"image_size": 32}}, "model.image_size comes from the data"),
+        ({"model": {"beta": -1.0}}, "beta"),
+        ({"recon_loss": "huber"}, "recon_loss"),
+    ],
+)
+def test_bad_settings_are_one_line_user_errors(tmp_path, fmnist_available, changes, message):
+    with pytest.raises(VqgenError, match=message) as err:
+        TokenizerTask(config(**changes))
+    assert "\n" not in str(err.value)
