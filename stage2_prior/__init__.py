@@ -7,3 +7,7 @@ from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior
 # The one import-time side effect allowed (STYLE 9): our PixelCNN joins the Auto classes.
 AutoConfig.register(PixelCNNConfig.model_type, PixelCNNConfig, exist_ok=True)
 AutoModel.register(PixelCNNConfig, PixelCNNPrior, exist_ok=True)
+
+from stage2_prior.load import LoadedPrior, PriorMeta, load_prior  # noqa: E402
+
+__all__ = ["LoadedPrior", "PixelCNNConfig", "PixelCNNPrior", "PriorMeta", "load_prior"]
