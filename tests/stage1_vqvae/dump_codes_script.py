@@ -1,0 +1,10 @@
+"""Run under `accelerate launch`: dump_codes(TOKENIZER, tiny Fashion-MNIST, OUT)."""
+
+import sys
+
+from stage1_vqvae.codes import dump_codes
+from vqgen.data import DataConfig
+
+if __name__ == "__main__":
+    tokenizer, out = sys.argv[1], sys.argv[2]
+    dump_codes(tokenizer, DataConfig(image_size=16, max_images=37), out, batch_size=8)
