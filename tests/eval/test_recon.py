@@ -1,0 +1,32 @@
+import json
+
+import pytest
+import torch
+
+from eval.recon import reconstruct, tokenizer_metrics
+from stage1_vqvae.model import VQVAE, VQVAEConfig
+from vqgen.data import DataConfig
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=16))
+    model.save_pretrained(tmp_path / "tok")
+    return tmp_path / "tok"
+
+
+def test_tokenizer_metrics_ranges(tokenizer_dir):
+    model = VQVAE.from_pretrained(tokenizer_dir).eval()
+    m = tokenizer_metrics(model, DataConfig(max_images=6), batch_size=4)
+    assert m["n_images"] == 6 and 0 < m["usage"] <= 100 and 1 <= m["perplexity"] <= 16
+    assert -1 <= m["ssim"] <= 1 and m["psnr"] > 0
+
+
+@pytest.mark.slow
+def test_reconstruct_writes_png_and_metrics(tokenizer_dir, tmp_path):
+    out = tmp_path / "recon"
+    metrics = reconstruct(tokenizer_dir, DataConfig(max_images=4), out, n=2)
+    assert (out / "reconstructions.png").is_file()
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["rfid_n"] == 2 and saved["rfid"] >= 0 and metrics["psnr"] == saved["psnr"]
