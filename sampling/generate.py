@@ -103,6 +103,11 @@ def _condition_rows(tokens: Tensor, uncond: Tensor, guided: bool) -> Tensor:
     return torch.cat([tokens, uncond]) if guided else tokens
 
 
+def _both_halves(tokens: Tensor, guided: bool) -> Tensor:
+    """A drawn token (B,) goes to its conditional and its unconditional row: -> (R,)."""
+    return tokens.repeat(2) if guided else tokens
+
+
 def _make_cache(model: torch.nn.Module, kind: str, max_len: int):
     if kind == "static":
         return StaticCache(config=model.config, max_cache_len=max_len)
@@ -136,8 +141,7 @@ def decode_n_tokens(model: torch.nn.Module, cond: Tensor, n: int, cfg: SampleCon
     for t in range(n):
         codes.append(_draw(logits, cfg, noise, guided))
         if t + 1 < n:
-            step = torch.cat([codes[-1]] * (2 if guided else 1))
-            seq = torch.cat([seq, rearrange(step, "r -> r 1")], dim=1)
+            seq = torch.cat([seq, rearrange(_both_halves(codes[-1], guided), "r -> r 1")], dim=1)
             logits = decode_one_token(model, seq, cache, k)
     return torch.stack(codes, dim=1)
 
@@ -172,7 +176,7 @@ def generate_pixelcnn(model: torch.nn.Module, spec: GridSpec, labels: Tensor, in
     for i in range(spec.grid_h):
         for j in range(spec.grid_w):
             logits = model(codes, rows).logits[:, i, j, : vocab.codebook_size]
-            codes[:, i, j] = torch.cat([_draw(logits, cfg, noise, guided)] * (2 if guided else 1))
+            codes[:, i, j] = _both_halves(_draw(logits, cfg, noise, guided), guided)
     return codes[: len(labels)]
 
 
