@@ -8,8 +8,8 @@ Both read the same folder of N 32x32 PNGs (Fashion-MNIST test images) into the s
   pipeline (per-image nv_bilinear_float resize in the data set, then the TorchScript network);
 - vqgen: `eval.fid.folder_batches` + `eval.inception.extract_features` (batched TF1 resize, frozen
   network).
-Runs are interleaved (A, B, A, B, ...) and medians reported; the largest feature difference checks
-that both compute the same thing. Prints one JSON line and writes bench/results/inception.json.
+Runs are interleaved (A, B, A, B, ...) and medians reported; `max_feature_diff` (largest |difference|
+of a feature, rows matched by nearest neighbour) checks that both compute the same thing. Prints one JSON line and writes bench/results/inception.json.
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ def run_vqgen(model: InceptionFeatures, folder: Path, n: int) -> np.ndarray:
     return extract_features(model, folder_batches(folder, batch_size=BATCH), n).features.numpy()
 
 
+def same_features(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest distance from a row of `a` to its nearest row of `b`: fid-helper lists the folder with an
+    unsorted glob, so its rows come in file-system order, not ours."""
+    return float(torch.cdist(torch.from_numpy(a), torch.from_numpy(b), p=float("inf")).min(1).values.max())
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 3
@@ -70,7 +76,7 @@ def main() -> None:
     result = {"bench": "inception_cpu", "n_images": n, "batch_size": BATCH, "repeats": repeats,
               "images_per_s_fid_helper": round(ips["fid_helper"], 3), "images_per_s_vqgen": round(ips["vqgen"], 3),
               "speedup": round(ips["vqgen"] / ips["fid_helper"], 3),
-              "max_abs_feature_diff": float(np.abs(outputs["vqgen"] - outputs["fid_helper"]).max()),
+              "max_feature_diff": same_features(outputs["vqgen"], outputs["fid_helper"]),
               "max_abs_feature": float(np.abs(outputs["fid_helper"]).max()), "torch_threads": torch.get_num_threads()}
     write_json(RESULT, result)
     print(json.dumps(result))
