@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from tqdm import tqdm
 
 from sampling.generate import GridSpec, SampleConfig, check_config, generate, plan_labels
 from sampling.write import finished, join_codes, write_grid, write_images, write_shard
 from stage1_vqvae.model import VQVAE, load_tokenizer
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
+from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
 from vqgen.runs import read_json, sha256_file, write_json
 
@@ -75,9 +75,7 @@ def grid_row_length(cfg: SampleConfig) -> int:
 def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, out: str | Path) -> Path:
     """Sample with the prior at `prior_dir`, decode with the tokenizer at `tokenizer_dir`, write
     OUT/images/*.png, OUT/codes.npz and OUT/grid.png. Returns OUT."""
-    # PartialState alone ignores ACCELERATE_USE_CPU (only AcceleratorState reads it), so pass it on:
-    # without it, processes launched on CPUs each run alone and all sample everything.
-    state, out = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")), Path(out)
+    state, out = process_state(), Path(out)
     prior, tokenizer = load_prior(prior_dir), load_tokenizer(tokenizer_dir)
     settings = {**dataclasses.asdict(cfg), "tokenizer_sha256": check_pair(prior, Path(prior_dir), tokenizer),
                 "prior_sha256": sha256_file(prior_folder(prior_dir) / "model.safetensors")}

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 import vqgen
 from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
 from vqgen.data import DataConfig, ImageDataset, load_images
+from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
 from vqgen.runs import atomic_path, read_json, sha256_file, write_json
 
@@ -70,7 +71,7 @@ def tokenizer_sha256(tokenizer_path: str | Path) -> str:
 def dump_codes(tokenizer_path: str | Path, data: DataConfig, out: str | Path, splits: tuple[str, ...] = ("train", "val"),
                batch_size: int = 256) -> Path:
     """Encode every image of `splits` with the tokenizer and write the code-grid folder `out`."""
-    out, state = Path(out), PartialState()
+    out, state = Path(out), process_state()
     tokenizer = load_tokenizer(tokenizer_path).to(state.device)
     sets = {split: load_images(data, split) for split in splits}
     for images in sets.values():

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 from accelerate.utils import set_seed
 from einops import rearrange
 from torch.utils.data import DataLoader, Dataset
@@ -28,6 +27,7 @@ from stage2_prior.gpt import build_gpt, gpt_code_logits
 from stage2_prior.load import ARCHS, PriorMeta, write_prior_meta
 from stage2_prior.pixelcnn import build_pixelcnn
 from stage2_prior.vocab import PriorVocab
+from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
 
@@ -110,7 +110,7 @@ class PriorTask:
         self.run_config = {"stage": "prior", **dataclasses.asdict(cfg)}
 
     def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
-        state = PartialState()
+        state = process_state()
         index = self.vocab.class_index(batch["label"])
         index = self.vocab.drop_labels(index, self.cfg.label_dropout, state.process_index, state.num_processes)
         logits = code_logits(model, self.cfg.arch, self.vocab, batch["codes"], index)

@@ -4,7 +4,9 @@ import sys
 
 from stage1_vqvae.codes import dump_codes
 from vqgen.data import DataConfig
+from vqgen.distributed import process_state
 
 if __name__ == "__main__":
     tokenizer, out = sys.argv[1], sys.argv[2]
     dump_codes(tokenizer, DataConfig(image_size=16, max_images=37), out, batch_size=8)
+    print(f"processes={process_state().num_processes}", flush=True)  # the test checks none ran alone

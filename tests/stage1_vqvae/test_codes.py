@@ -171,6 +171,7 @@ def test_two_process_dump_equals_one_process_dump(dumped, tmp_path):
     done = subprocess.run([*launch, str(script), str(dumped[0]), str(tmp_path / "codes")], env=env,
                           cwd=Path(__file__).parents[2], timeout=180, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("processes=2") == 2, done.stdout[-500:]
     assert read_meta(tmp_path / "codes") == read_meta(dumped[1])
     for split in ("train", "val"):
         one = datasets.load_from_disk(str(dumped[1] / split))

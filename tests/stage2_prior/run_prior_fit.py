@@ -3,6 +3,7 @@
 import sys
 
 from stage2_prior.train import PriorRunConfig, train_prior
+from vqgen.distributed import process_state
 from vqgen.loop import TrainConfig
 
 if __name__ == "__main__":
@@ -11,3 +12,4 @@ if __name__ == "__main__":
                         save_every=6, log_every=1)
     cfg = PriorRunConfig(codes=sys.argv[1], preset="tiny", model=model, label_dropout=0.5, train=train)
     train_prior(cfg, sys.argv[2])
+    print(f"processes={process_state().num_processes}", flush=True)  # the test checks none ran alone

@@ -136,7 +136,9 @@ def test_two_processes_match_one(tmp_path, codes):
         cmd = [*LAUNCH, "--num_processes", str(procs), str(script), str(codes), str(tmp_path / f"p{procs}")]
         if procs == 1:
             cmd = [sys.executable, str(script), str(codes), str(tmp_path / "p1")]
-        subprocess.run(cmd, check=True, timeout=300, env=env, cwd=Path(__file__).parents[2])
+        done = subprocess.run(cmd, check=True, timeout=300, env=env, cwd=Path(__file__).parents[2],
+                              capture_output=True, text=True)
+        assert done.stdout.count(f"processes={procs}") == procs, done.stdout[-500:]
     one, two = ([(r["step"], r["train/loss"]) for r in metrics(tmp_path / p) if "train/loss" in r] for p in ("p1", "p2"))
     assert [s for s, _ in one] == [s for s, _ in two] == list(range(1, 7))
     assert np.allclose([loss for _, loss in one], [loss for _, loss in two], rtol=1e-4, atol=1e-5), (one, two)
