@@ -26,6 +26,7 @@ def atomic_path(final: str | Path, is_dir: bool = False) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a finished run folder should read like any other
     target = tmp if is_dir else tmp / final.name
     try:
         yield target
