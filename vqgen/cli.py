@@ -38,9 +38,13 @@ COMMANDS: dict[str, str] = {
 def configure_runtime() -> None:
     """Process-wide settings, set once here and nowhere else (no library sets flags at import)."""
     logging.basicConfig(level=os.environ.get("VQGEN_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock", "datasets", "transformers.modeling_utils"):
+    for noisy in ("httpx", "urllib3", "filelock", "datasets", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     import torch
+    import transformers
+
+    # Saving our small models makes transformers list every unsharded layer; errors still show.
+    transformers.logging.set_verbosity_error()
 
     # TF32 matmuls on Ampere and newer GPUs: a large speed-up at no visible cost in these models.
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -187,7 +191,8 @@ def _cmd_fid_ref(args, overrides):
     from eval.fid import fid_ref
 
     data = _data_config(args, overrides)
-    return f"reference statistics: {fid_ref(data, args.split, args.out, weights=args.inception_weights, n=args.n)}"
+    stats = fid_ref(data, args.split, args.out, weights=args.inception_weights, n=args.n)
+    return f"reference statistics of {stats.meta.get('n', '?')} images: {args.out}"
 
 
 def _cmd_fid(args, overrides):
@@ -198,7 +203,8 @@ def _cmd_fid(args, overrides):
         from vqgen.runs import write_json
 
         write_json(args.out, result)
-    return "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in result.items())
+    scores = {k: v for k, v in result.items() if k in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "kid", "is", "n_samples")}
+    return "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items())
 
 
 def _cmd_train_classifier(args, overrides):

@@ -1,0 +1,150 @@
+"""`vqgen pipeline`: tokenizer -> codes -> prior -> samples -> eval, in one resumable run folder.
+
+Each stage's result is recorded in OUT/stages/<name>.json when it finishes; run again, finished
+stages are skipped and the stage that was interrupted resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.classifier import ClassifierRunConfig, train_classifier
+from eval.classifier_fid import classifier_fid
+from eval.fid import fid, fid_ref
+from eval.recon import reconstruct
+from sampling.decode import sample
+from sampling.generate import SampleConfig
+from stage1_vqvae.codes import dump_codes
+from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
+from stage2_prior.train import PriorRunConfig, train_prior
+from vqgen.config import dump_yaml
+from vqgen.data import DataConfig, load_images
+from vqgen.report import write_run_report
+from vqgen.runs import MetricsLog, atomic_path, run_stage
+
+
+@dataclass
+class EvalConfig:
+    inception_n: int = 1000  # samples scored with Inception FID/KID (0: all of them)
+    ref_split: str = "test"
+    ref_n: int = 0  # reference images (0: the whole split)
+    recon_n: int = 64  # val images in reconstructions.png
+    rfid_n: int = 1000  # val images for rFID
+    use_classifier: bool = True  # small-data classifier FID/IS, for labelled data sets
+    classifier: ClassifierRunConfig = field(default_factory=ClassifierRunConfig)
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerRunConfig = field(default_factory=TokenizerRunConfig)
+    prior: PriorRunConfig = field(default_factory=PriorRunConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class _Context:
+    cfg: PipelineConfig
+    out: Path
+    inception_weights: Path | None
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.out / "tokenizer" / "model"
+
+    @property
+    def samples(self) -> Path:
+        return self.out / "samples" / "images"
+
+
+def run_pipeline(cfg: PipelineConfig, out: str | Path, inception_weights: str | Path | None = None,
+                 echo: Callable[[str], None] = lambda line: None) -> Path:
+    """Run (or resume) every stage into `out`; returns the path of report.md."""
+    ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(ctx.out / "config.yaml") as tmp:
+        tmp.write_text(dump_yaml(cfg))
+    stages = _stages(ctx)
+    records = {}
+    for number, (name, body) in enumerate(stages, 1):
+        records[name] = run_stage(ctx.out, name, _timed(body, ctx))
+        when = "done earlier" if records[name].get("skipped") else f"{records[name]['seconds']:.1f} s"
+        echo(f"[{number}/{len(stages)}] {name:<11} {when}")
+    return write_run_report(ctx.out, records)
+
+
+def _timed(body: Callable[[_Context], dict[str, Any]], ctx: _Context) -> Callable[[], dict[str, Any]]:
+    def run() -> dict[str, Any]:
+        started = time.time()
+        result = body(ctx)
+        return {**result, "seconds": round(time.time() - started, 1)}
+
+    return run
+
+
+def _stages(ctx: _Context) -> list[tuple[str, Callable[[_Context], dict[str, Any]]]]:
+    stages = [("tokenizer", _tokenizer), ("codes", _codes), ("prior", _prior), ("samples", _samples),
+              ("reconstruct", _reconstruct), ("fid", _fid)]
+    labelled = load_images(ctx.cfg.data, ctx.cfg.eval.ref_split).num_classes > 0
+    if ctx.cfg.eval.use_classifier and labelled:
+        stages.append(("classifier", _classifier))
+    return stages
+
+
+def _last(log_path: Path, prefix: str) -> dict[str, float]:
+    """The newest value of every metric starting with `prefix` in a metrics.jsonl."""
+    latest: dict[str, float] = {}
+    for record in MetricsLog(log_path).read():
+        latest.update({k: v for k, v in record.items() if k.startswith(prefix)})
+    return latest
+
+
+def _tokenizer(ctx: _Context) -> dict[str, Any]:
+    cfg = dataclasses.replace(ctx.cfg.tokenizer, data=ctx.cfg.data)
+    train_tokenizer(cfg, ctx.out / "tokenizer", resume=True)
+    return _last(ctx.out / "tokenizer" / "metrics.jsonl", "val/")
+
+
+def _codes(ctx: _Context) -> dict[str, Any]:
+    return {"path": str(dump_codes(ctx.tokenizer, ctx.cfg.data, ctx.out / "codes"))}
+
+
+def _prior(ctx: _Context) -> dict[str, Any]:
+    cfg = dataclasses.replace(ctx.cfg.prior, codes=str(ctx.out / "codes"))
+    train_prior(cfg, ctx.out / "prior", resume=True)
+    return _last(ctx.out / "prior" / "metrics.jsonl", "val/")
+
+
+def _samples(ctx: _Context) -> dict[str, Any]:
+    folder = sample(ctx.out / "prior" / "model", ctx.tokenizer, ctx.cfg.sample, ctx.out / "samples")
+    return {"n": len(list(ctx.samples.glob("*.png"))), "grid": str(folder / "grid.png")}
+
+
+def _reconstruct(ctx: _Context) -> dict[str, Any]:
+    folder = ctx.out / "eval" / "reconstruct"
+    metrics = reconstruct(ctx.tokenizer, ctx.cfg.data, folder, n=ctx.cfg.eval.recon_n,
+                          weights=ctx.inception_weights, rfid_n=ctx.cfg.eval.rfid_n)
+    shutil.copyfile(folder / "reconstructions.png", ctx.out / "reconstructions.png")
+    return metrics
+
+
+def _fid(ctx: _Context) -> dict[str, Any]:
+    ev = ctx.cfg.eval
+    ref = ctx.out / "eval" / f"inception_ref_{ev.ref_split}.npz"
+    if not ref.exists():
+        fid_ref(ctx.cfg.data, ev.ref_split, ref, weights=ctx.inception_weights, n=ev.ref_n)
+    return fid(ctx.samples, ref, n=ev.inception_n, weights=ctx.inception_weights)
+
+
+def _classifier(ctx: _Context) -> dict[str, Any]:
+    cfg = dataclasses.replace(ctx.cfg.eval.classifier, data=ctx.cfg.data)
+    model = train_classifier(cfg, ctx.out / "classifier", resume=True)
+    scores = classifier_fid(model, ctx.samples, ctx.cfg.data, split=ctx.cfg.eval.ref_split)
+    return {**scores, **_last(ctx.out / "classifier" / "metrics.jsonl", "val/")}

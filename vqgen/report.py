@@ -1,0 +1,122 @@
+"""The pipeline's run report: metrics.json, curves.png and report.md, from the stage records.
+
+Inception scores, classifier scores and tokenizer scores come from different networks and data;
+the report keeps them in separate tables so no reader mixes them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from eval.report import protocol_lines  # noqa: E402
+from vqgen.runs import MetricsLog, atomic_path, write_json  # noqa: E402
+
+PACKAGES = ("vqgen", "torch", "torchvision", "transformers", "accelerate", "datasets", "torchmetrics")
+CURVES = [("tokenizer", "train/loss", "tokenizer train loss"), ("tokenizer", "val/usage", "tokenizer val usage %"),
+          ("prior", "val/bits_per_token", "prior val bits/token"), ("prior", "train/loss", "prior train NLL (nats)")]
+
+
+def write_run_report(out: Path, records: dict[str, dict[str, Any]]) -> Path:
+    """Write OUT/metrics.json, OUT/curves.png and OUT/report.md; return report.md's path."""
+    summary = summarize(records)
+    write_json(out / "metrics.json", {"summary": summary, "stages": records, "versions": versions(),
+                                      "machine": machine()})
+    plot_curves(out, out / "curves.png")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(markdown(out, summary, records))
+    return out / "report.md"
+
+
+def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline numbers, named for what they are."""
+    tok, prior = records.get("tokenizer", {}), records.get("prior", {})
+    fid, recon, clf = records.get("fid", {}), records.get("reconstruct", {}), records.get("classifier", {})
+    summary = {
+        "inception_fid": fid.get("fid"), "inception_kid_mean": fid.get("kid_mean"), "inception_kid_std": fid.get("kid_std"),
+        "inception_is": fid.get("is_mean", fid.get("is")), "inception_n_samples": fid.get("n_samples"),
+        "rfid": recon.get("rfid"), "rfid_n": recon.get("rfid_n"), "tokenizer_psnr": recon.get("psnr"),
+        "tokenizer_ssim": recon.get("ssim"), "tokenizer_usage_pct": recon.get("usage", tok.get("val/usage")),
+        "prior_bits_per_token": prior.get("val/bits_per_token"), "unigram_bits_per_token": prior.get("val/unigram_bits"),
+        "prior_accuracy": prior.get("val/accuracy"),
+        "stage_seconds": {name: r.get("seconds") for name, r in records.items()},
+    }
+    summary.update({k: v for k, v in clf.items() if k.startswith("classifier ")})
+    return summary
+
+
+def versions() -> dict[str, str]:
+    found = {}
+    for package in PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found | {"python": platform.python_version()}
+
+
+def machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu}
+
+
+def plot_curves(run: Path, path: Path) -> None:
+    """Tokenizer loss and usage, prior val NLL, against steps."""
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
+    for ax, (stage, key, title) in zip(axes, CURVES):
+        points = [(r["step"], r[key]) for r in MetricsLog(run / stage / "metrics.jsonl").read() if key in r]
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def _table(rows: list[tuple[str, Any]]) -> list[str]:
+    return ["| metric | value |", "|---|---|", *(f"| {name} | {_fmt(value)} |" for name, value in rows), ""]
+
+
+def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, Any]]) -> str:
+    fid = records.get("fid", {})
+    is_line = fid.get("is") if isinstance(fid.get("is"), str) else f"{_fmt(fid.get('is_mean'))} ± {_fmt(fid.get('is_std'))}"
+    lines = [f"# vqgen run: {out.name}", "", "![samples](samples/grid.png)", "",
+             "## Samples, Inception network", "",
+             *_table([("FID", summary["inception_fid"]), ("KID (mean)", summary["inception_kid_mean"]),
+                      ("KID (std)", summary["inception_kid_std"]), ("IS", is_line),
+                      ("samples scored", summary["inception_n_samples"])]),
+             *protocol_lines(fid), ""]
+    classifier = [(k, v) for k, v in summary.items() if k.startswith("classifier ")]
+    if classifier:
+        lines += ["## Samples, small-data classifier (not comparable with Inception numbers)", "",
+                  *_table(classifier + [("classifier test accuracy", records["classifier"].get("val/accuracy"))])]
+    lines += ["## Tokenizer", "", "![reconstructions](reconstructions.png)", "",
+              *_table([("rFID (Inception)", summary["rfid"]), ("rFID images", summary["rfid_n"]),
+                       ("PSNR (dB)", summary["tokenizer_psnr"]), ("SSIM", summary["tokenizer_ssim"]),
+                       ("codebook usage %", summary["tokenizer_usage_pct"])]),
+              "## Prior", "",
+              *_table([("val bits/token", summary["prior_bits_per_token"]),
+                       ("unigram baseline bits/token", summary["unigram_bits_per_token"]),
+                       ("next-code accuracy", summary["prior_accuracy"])]),
+              "![curves](curves.png)", "", "## Time", "",
+              "| stage | seconds |", "|---|---|",
+              *(f"| {name} | {_fmt(seconds)} |" for name, seconds in summary["stage_seconds"].items()), ""]
+    return "\n".join(lines)
