@@ -17,7 +17,7 @@ from accelerate import PartialState
 from tqdm import tqdm
 
 from sampling.generate import GridSpec, SampleConfig, check_config, generate, plan_labels
-from sampling.write import finished, join_codes, write_grid, write_images, write_shard
+from sampling.write import GRID_MAX, finished, join_codes, write_grid, write_images, write_shard
 from stage1_vqvae.model import VQVAE, load_tokenizer
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
 from vqgen.distributed import process_state
@@ -67,9 +67,13 @@ def claim_folder(out: Path, settings: dict) -> None:
     write_json(path, settings)
 
 
-def grid_row_length(cfg: SampleConfig) -> int:
-    """One row per class when sampling per class (up to 16 a row), else 10."""
-    return cfg.per_class if 0 < cfg.per_class <= 16 else 10
+def grid_layout(cfg: SampleConfig, count: int) -> tuple[list[int], int]:
+    """Indices shown in grid.png and images per row: with per_class, the first few of every class,
+    one row per class (the first 100 indices would all be class 0); else the first 100, 10 a row."""
+    if cfg.per_class > 0:
+        row = min(cfg.per_class, 10)
+        return [start + i for start in range(0, count, cfg.per_class) for i in range(row)], row
+    return list(range(min(count, GRID_MAX))), 10
 
 
 def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, out: str | Path) -> Path:
@@ -92,7 +96,7 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     state.wait_for_everyone()
     if state.is_main_process:
         join_codes(out, len(labels))
-        write_grid(out, labels, grid_row_length(cfg))
+        write_grid(out, labels, *grid_layout(cfg, len(labels)))
     state.wait_for_everyone()
     return out
 

@@ -83,10 +83,9 @@ def join_codes(out: Path, n: int) -> Path:
     return out / "codes.npz"
 
 
-def write_grid(out: Path, labels: Tensor, per_row: int) -> Path:
-    """OUT/grid.png from the first GRID_MAX sample PNGs, per_row images per row."""
-    count = min(len(labels), GRID_MAX)
-    paths = [out / "images" / image_name(i, int(labels[i])) for i in range(count)]
+def write_grid(out: Path, labels: Tensor, indices: list[int], per_row: int) -> Path:
+    """OUT/grid.png from the sample PNGs of `indices`, per_row images per row."""
+    paths = [out / "images" / image_name(i, int(labels[i])) for i in indices]
     images = torch.stack([decode_png(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8)) for p in paths])
     grid = make_grid(images, nrow=per_row, padding=2, pad_value=255)
     write_png(out / "grid.png", grid)

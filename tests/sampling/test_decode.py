@@ -1,7 +1,6 @@
 import dataclasses
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,13 +127,11 @@ Path(out, f"process_{state.process_index}_of_{state.num_processes}").touch()
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
-def test_two_processes_cover_every_index_once(tmp_path, pair):
+def test_two_processes_cover_every_index_once(tmp_path, pair, cpu_launch):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
-           str(pair[0]), str(pair[1]), str(tmp_path / "two")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    cmd = [*cpu_launch(2), str(script), str(pair[0]), str(pair[1]), str(tmp_path / "two")]
     subprocess.run(cmd, env=env, check=True, timeout=240, cwd=ROOT, capture_output=True)
     assert sorted(p.name for p in (tmp_path / "two").glob("process_*")) == ["process_0_of_2", "process_1_of_2"]
     shards = [np.load(p)["indices"].tolist() for p in sorted((tmp_path / "two" / "shards").glob("*.npz"))]
@@ -142,3 +139,14 @@ def test_two_processes_cover_every_index_once(tmp_path, pair):
     one = sample(pair[0], pair[1], SampleConfig(n=7, batch_size=7, seed=4, cfg_scale=2.0), tmp_path / "one")
     with np.load(one / "codes.npz") as a, np.load(tmp_path / "two" / "codes.npz") as b:
         assert np.array_equal(a["codes"], b["codes"]) and np.array_equal(a["labels"], b["labels"])
+
+
+@pytest.mark.parametrize("per_class,count,expected,row", [
+    (50, 100, [*range(10), *range(50, 60)], 10),   # a row of the first 10 of each class
+    (2, 6, [0, 1, 2, 3, 4, 5], 2),
+    (0, 250, list(range(100)), 10),
+])
+def test_grid_shows_every_class(per_class, count, expected, row):
+    from sampling.decode import grid_layout
+
+    assert grid_layout(SampleConfig(per_class=per_class), count) == (expected, row)
