@@ -178,9 +178,14 @@ def frechet_distance(ref: RefStats, features: torch.Tensor) -> float:
     return float(metric.compute())
 
 
-def kernel_distance(ref_features: torch.Tensor, features: torch.Tensor, seed: int = 0) -> tuple[float, float]:
-    """KID (mean, std over subsets): unbiased MMD^2 with the kernel (x.y/F + 1)^3."""
-    size = min(KID_SUBSET_SIZE, len(ref_features), len(features))
+def kernel_distance(ref_features: torch.Tensor, features: torch.Tensor, seed: int = 0,
+                    subset_size: int | None = None) -> tuple[float, float]:
+    """KID (mean, std over subsets): unbiased MMD^2 with the kernel (x.y/F + 1)^3.
+
+    Subsets hold 1000 images, or half the smaller set when it has fewer than 2000: subsets as large
+    as the set are all the same set, and their std (0) would say nothing about the estimate's spread.
+    """
+    size = subset_size or min(KID_SUBSET_SIZE, len(ref_features) // 2, len(features) // 2)
     metric = KernelInceptionDistance(feature=_Precomputed(features.shape[1]), subsets=KID_SUBSETS, subset_size=size)
     metric.update(ref_features.double(), real=True)
     metric.update(features.double(), real=False)

@@ -53,9 +53,16 @@ def unbiased_mmd(x, y):
 def test_kid_matches_unbiased_mmd():
     x, y = random_features(n=20, d=8, seed=5).numpy(), random_features(n=20, d=8, seed=6, shift=0.3).numpy()
     # With subset size = n every subset is the whole set (a permutation), so the std is 0.
-    mean, std = kernel_distance(torch.from_numpy(x), torch.from_numpy(y))
+    mean, std = kernel_distance(torch.from_numpy(x), torch.from_numpy(y), subset_size=20)
     assert mean == pytest.approx(unbiased_mmd(x, y), rel=1e-6)
     assert std == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kid_std_is_informative_on_small_sets():
+    x, y = random_features(n=40, d=8, seed=5), random_features(n=40, d=8, seed=6, shift=0.3)
+    mean, std = kernel_distance(x, y)  # 20-image subsets of 40
+    assert std > 0
+    assert abs(mean - unbiased_mmd(x.numpy(), y.numpy())) < 4 * std
 
 
 def test_npz_round_trip(tmp_path):
