@@ -1,8 +1,5 @@
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -154,21 +151,11 @@ def test_data_that_does_not_fit_the_tokenizer_is_refused(dumped, tmp_path):
         dump_codes(dumped[0], DataConfig(image_size=16, max_images=4, channels=3), tmp_path / "c")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_process_dump_equals_one_process_dump(dumped, tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port())]
+def test_two_process_dump_equals_one_process_dump(dumped, tmp_path, cpu_launch):
     script = Path(__file__).parent / "dump_codes_script.py"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*launch, str(script), str(dumped[0]), str(tmp_path / "codes")], env=env,
+    done = subprocess.run([*cpu_launch(2), str(script), str(dumped[0]), str(tmp_path / "codes")],
                           cwd=Path(__file__).parents[2], timeout=180, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("processes=2") == 2, done.stdout[-500:]

@@ -1,7 +1,4 @@
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -191,23 +188,10 @@ def test_bad_config_names_the_field(field, value):
         QuantizerConfig(**{field: value})
 
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-
-
-def free_port() -> int:
-    """A port nobody listens on now (other test runs may share the machine; port 0 breaks gloo)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_codebooks_stay_identical_across_two_processes():
+def test_codebooks_stay_identical_across_two_processes(cpu_launch):
     script = Path(__file__).parent / "ddp_quantizer_script.py"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
-    root = Path(__file__).parents[2]
-    done = subprocess.run([*LAUNCH, "--main_process_port", str(free_port()), str(script)], env=env, cwd=root, timeout=120, capture_output=True,
-                          text=True)
+    done = subprocess.run([*cpu_launch(2), str(script)], cwd=Path(__file__).parents[2], timeout=120,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

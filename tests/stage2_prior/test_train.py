@@ -1,7 +1,6 @@
 import dataclasses
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,21 +121,14 @@ def test_missing_codes_folder_is_one_line_error(tmp_path):
     assert "nowhere" in str(err.value) and "\n" not in str(err.value)
 
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one(tmp_path, codes):
+def test_two_processes_match_one(tmp_path, codes, cpu_launch):
     """Same global batch, same label dropout draws: the per-step losses agree across 1 and 2 processes."""
     script = Path(__file__).parent / "run_prior_fit.py"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    for procs in (1, 2):
-        cmd = [*LAUNCH, "--num_processes", str(procs), str(script), str(codes), str(tmp_path / f"p{procs}")]
-        if procs == 1:
-            cmd = [sys.executable, str(script), str(codes), str(tmp_path / "p1")]
-        done = subprocess.run(cmd, check=True, timeout=300, env=env, cwd=Path(__file__).parents[2],
+    for procs, launch in ((1, [sys.executable]), (2, cpu_launch(2))):
+        cmd = [*launch, str(script), str(codes), str(tmp_path / f"p{procs}")]
+        done = subprocess.run(cmd, check=True, timeout=300, cwd=Path(__file__).parents[2],
                               capture_output=True, text=True)
         assert done.stdout.count(f"processes={procs}") == procs, done.stdout[-500:]
     one, two = ([(r["step"], r["train/loss"]) for r in metrics(tmp_path / p) if "train/loss" in r] for p in ("p1", "p2"))

@@ -89,17 +89,13 @@ def test_warmup_then_cosine_to_floor():
     assert f(100) == pytest.approx(0.1) and f(10) > f(50) > f(99)
 
 
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one(tmp_path):
+def test_two_processes_match_one(tmp_path, cpu_launch):
     script = Path(__file__).parent / "run_tiny_fit.py"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, timeout=180)
-    two = subprocess.run([*LAUNCH, str(script), str(tmp_path / "two")], env=env, timeout=180)
+    two = subprocess.run([*cpu_launch(2), str(script), str(tmp_path / "two")], env=env, timeout=180)
     assert one.returncode == 0 and two.returncode == 0
     losses_one = [loss for _, loss, _ in _train_losses(tmp_path / "one")]
     losses_two = [loss for _, loss, _ in _train_losses(tmp_path / "two")]
