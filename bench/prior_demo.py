@@ -29,7 +29,8 @@ STEPS, BATCH, LR = 1500, 64, 1e-3
 
 
 def main() -> None:
-    codes = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo/codes")
+    found = [p for p in (Path("runs/demo/codes"), Path("runs/bench-demo/codes")) if p.is_dir()]
+    codes = Path(sys.argv[1]) if len(sys.argv) > 1 else (found or [Path("runs/demo/codes")])[0]
     out = Path(sys.argv[2] if len(sys.argv) > 2 else "runs/bench-prior-demo")
     if not (codes / "vqgen_codes.json").is_file():
         raise VqgenError(f"{codes}: no code grids; run `make demo` or `vqgen dump-codes` first, or pass CODES")
