@@ -193,15 +193,17 @@ def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module
     if source.kind == "fid-helper":
         # A file shipped inside an installed package (sha1-checked above), not a user's pickle.
         # Freezing inlines the scripted modules (weights become constants on `device`); it changes
-        # no output bit and runs faster on CPU.
-        return torch.jit.freeze(torch.jit.load(str(source.path), map_location=device).eval()), None
+        # no output bit and runs faster on CPU. Channels-last convolutions are ~15% faster on CPU
+        # (bench/inception.py) and are what cuDNN prefers too.
+        net = torch.jit.load(str(source.path), map_location=device).eval().to(memory_format=torch.channels_last)
+        return torch.jit.freeze(net), None
     net = TFInception()
     state = torch.load(source.path, map_location="cpu", weights_only=True)
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
         raise VqgenError(f"{source.path}: not a TF Inception 2015-12-05 state dict ({str(err)[:200]})") from None
-    return net.eval().to(device), net.fc.weight.detach().clone().to(device)
+    return net.eval().to(device, memory_format=torch.channels_last), net.fc.weight.detach().clone().to(device)
 
 
 class InceptionFeatures(nn.Module):
@@ -246,7 +248,7 @@ class InceptionFeatures(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.preprocess(images.to(self.fc.device))
+        x = self.preprocess(images.to(self.fc.device)).contiguous(memory_format=torch.channels_last)
         features = self.net(x) if self.source == "fid-helper" else self.net.pool(x)
         return features.reshape(-1, NUM_FEATURES).float()
 
