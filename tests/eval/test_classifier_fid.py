@@ -1,0 +1,45 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.classifier import Classifier, ClassifierConfig
+from eval.classifier_fid import classifier_fid
+from eval.fid import to_uint8
+from vqgen.data import DataConfig, load_images
+
+
+def write_pngs(folder, images: torch.Tensor) -> None:
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{i:03d}.png")
+
+
+@pytest.fixture
+def scored(tmp_path):
+    """A random classifier, a folder data set of smooth blobs, and its val split written as PNGs."""
+    torch.manual_seed(0)
+    blobs = torch.nn.functional.avg_pool2d(torch.rand(80, 1, 32, 32), 5, stride=1, padding=2)
+    write_pngs(tmp_path / "data", to_uint8(blobs * 4 - 2))
+    data = DataConfig(spec=f"folder:{tmp_path / 'data'}", channels=1, val_fraction=0.5)
+    val = torch.stack([load_images(data, "val")[i]["image"] for i in range(40)])
+    write_pngs(tmp_path / "same", to_uint8(val))
+    write_pngs(tmp_path / "noise", torch.randint(0, 256, (40, 1, 32, 32), dtype=torch.uint8))
+    Classifier(ClassifierConfig(in_channels=1, widths=(8, 16), feature_dim=8)).save_pretrained(tmp_path / "clf")
+    return lambda samples, n=0: classifier_fid(tmp_path / "clf", tmp_path / samples, data, n=n, split="val")
+
+
+def test_classifier_fid_is_zero_for_the_reference_itself_and_large_for_noise(scored):
+    same, noise = scored("same"), scored("noise")
+    key = next(k for k in same if k.startswith("classifier FID"))
+    assert abs(same[key]) < 1e-6  # an untrained CNN's features are small: noise scores ~0.07
+    assert noise[key] > 1e-3
+    assert same["classifier_n_samples"] == same["classifier_n_reference"] == 40
+    is_key = next(k for k in same if k.startswith("classifier IS ("))
+    assert all(1.0 <= r[is_key] <= 10.0 for r in (same, noise))
+
+
+def test_classifier_fid_scores_the_first_n_samples(scored):
+    result = scored("noise", n=25)
+    assert result["classifier_n_samples"] == 25
+    assert all(np.isfinite(v) for k, v in result.items() if k.startswith("classifier FID"))
