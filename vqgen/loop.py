@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset, Sampler
+from accelerate.utils import GradientAccumulationPlugin, set_seed
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from vqgen.errors import VqgenError
@@ -156,7 +156,7 @@ def warmup_cosine(cfg: TrainConfig):
 def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     """Train `task.model` for `cfg.steps` optimizer steps; return the folder of the saved model."""
     out_dir = Path(out_dir)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision)
+    accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
     _check_run_folder(task, out_dir, resume, accelerator)
     micro_batch = _micro_batch(cfg, accelerator.num_processes)
@@ -173,6 +173,9 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
     if resume:
         _restore(accelerator, out_dir, state)
+    # accumulate() updates on every micro-batch whose count is a multiple of grad_accum: tie that
+    # count to our own step counter, whatever an older checkpoint holds.
+    accelerator.step = state.step * cfg.grad_accum
     if state.step >= cfg.steps and (out_dir / "model").is_dir():
         return out_dir / "model"
     val_loader = _val_loader(task, cfg, accelerator)
@@ -180,6 +183,14 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     batches = _endless(train_loader, accelerator, start=state.step * cfg.grad_accum)
     _train(run, optimizer, scheduler, state, batches)
     return _save_final(run)
+
+
+def _accelerator(cfg: TrainConfig) -> Accelerator:
+    # Our micro-batches run on across epochs (`_endless`), so an epoch end must not force an update:
+    # Accelerate's default sync_with_dataloader=True steps there on fewer micro-batches and restarts
+    # its count, which puts every later update at the wrong micro-batch.
+    accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
+    return Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
 
 
 @dataclass
@@ -216,7 +227,7 @@ def _train(run: _Run, optimizer, scheduler, state: TrainState, batches: Iterator
         if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
             _evaluate(run, state.step, log)
         if state.step % cfg.save_every == 0 or state.step == cfg.steps:
-            _save_checkpoint(accelerator, run.out_dir, state.step, cfg.keep_checkpoints)
+            _save_checkpoint(run, state.step)
     bar.close()
 
 
@@ -228,23 +239,45 @@ def _optimizer_step(run: _Run, optimizer, batches: Iterator[dict]) -> dict[str, 
         with accelerator.accumulate(model):
             metrics = run.task.training_step(model, batch)
             loss = metrics["loss"]
-            _stop_if_not_finite(loss, accelerator, run.out_dir)
+            _stop_if_not_finite(run, "loss", [loss])
             accelerator.backward(loss)
-            if accelerator.sync_gradients and run.cfg.grad_clip > 0:
-                metrics["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), run.cfg.grad_clip)
+            if accelerator.sync_gradients:
+                metrics["grad_norm"] = _clip_gradients(run)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     return metrics
 
 
-def _stop_if_not_finite(loss: torch.Tensor, accelerator: Accelerator, out_dir: Path) -> None:
+def _clip_gradients(run: _Run) -> torch.Tensor:
+    """Clip to grad_clip and return the total norm before clipping; stop if it is not finite.
+
+    A finite loss can still have an infinite gradient: clipping turns it into NaN and the optimizer
+    would write NaN weights into the next checkpoint. With fp16 the GradScaler skips such steps itself.
+    """
+    # max_norm=inf only measures: the clip factor is then exactly 1.
+    max_norm = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
+    norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
+    if run.accelerator.scaler is None:
+        _stop_if_not_finite(run, "gradient", [norm])
+    return norm
+
+
+def _stop_if_not_finite(run: _Run, what: str, tensors: list[torch.Tensor]) -> None:
+    finite = torch.stack([torch.isfinite(t.detach()).all() for t in tensors]).all()
     # Every process must take the same branch, or the others wait forever in the next all-reduce.
-    bad = accelerator.reduce((~torch.isfinite(loss.detach())).float().reshape(1), reduction="sum")
+    bad = run.accelerator.reduce((~finite).float().reshape(1).to(run.accelerator.device), reduction="sum")
     if bad.item() > 0:
+        checkpoints = run.out_dir / "checkpoints"
         raise VqgenError(
-            f"{out_dir}: the loss became NaN or infinite; the last good checkpoint in {out_dir / 'checkpoints'} "
+            f"{run.out_dir}: the {what} became NaN or infinite; the last good checkpoint in {checkpoints} "
             "is intact: lower train.lr or use mixed_precision=no, then pass --resume"
         )
+
+
+def _check_weights(run: _Run) -> None:
+    """Never save non-finite weights: a checkpoint must stay a good place to resume from."""
+    models = [run.model, *([run.ema.model] if run.ema is not None else [])]
+    _stop_if_not_finite(run, "weights", [p for m in models for p in m.parameters()])
 
 
 def _reduce(metrics: dict[str, torch.Tensor], accelerator: Accelerator) -> dict[str, float]:
@@ -286,24 +319,17 @@ def _loader(dataset: Dataset, batch: int, cfg: TrainConfig, sampler=None, drop_l
                       num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
 
 
-def _val_loader(task: TrainTask, cfg: TrainConfig, accelerator: Accelerator) -> Iterable | None:
+def _val_loader(task: TrainTask, cfg: TrainConfig, accelerator: Accelerator) -> DataLoader | None:
     if task.val_set is None or len(task.val_set) == 0:
         return None
-    loader = accelerator.prepare(_loader(task.val_set, max(1, cfg.batch_size // accelerator.num_processes), cfg))
-    return loader if cfg.eval_batches <= 0 else _Limited(loader, cfg.eval_batches)
-
-
-class _Limited:
-    """The first n batches of a loader, re-iterable."""
-
-    def __init__(self, loader: Iterable, n: int):
-        self.loader, self.n = loader, n
-
-    def __iter__(self) -> Iterator:
-        for i, batch in enumerate(self.loader):
-            if i >= self.n:
-                return
-            yield batch
+    per_process = max(1, cfg.batch_size // accelerator.num_processes)
+    val_set = task.val_set
+    if cfg.eval_batches > 0:
+        # A shorter data set, not a loop that stops early: a prepared loader left unfinished stays
+        # registered with Accelerate's GradientState, and gather_for_metrics reads the wrong loader.
+        n = min(len(val_set), cfg.eval_batches * per_process * accelerator.num_processes)
+        val_set = Subset(val_set, range(n))
+    return accelerator.prepare(_loader(val_set, per_process, cfg))
 
 
 def _endless(loader: DataLoader, accelerator: Accelerator, start: int) -> Iterator[dict]:
@@ -323,7 +349,9 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: int) -> None:
+def _save_checkpoint(run: _Run, step: int) -> None:
+    accelerator, out_dir = run.accelerator, run.out_dir
+    _check_weights(run)
     final = out_dir / "checkpoints" / f"step_{step:08d}"
     tmp = final.with_name(f".{final.name}.tmp")
     if accelerator.is_main_process:
@@ -334,7 +362,7 @@ def _save_checkpoint(accelerator: Accelerator, out_dir: Path, step: int, keep: i
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in _checkpoints(out_dir)[:-keep]:
+        for old in _checkpoints(out_dir)[:-run.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
 
@@ -368,6 +396,7 @@ def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator:
 def _save_final(run: _Run) -> Path:
     accelerator = run.accelerator
     final = run.out_dir / "model"
+    _check_weights(run)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         model = run.ema.model if run.ema is not None else accelerator.unwrap_model(run.model)

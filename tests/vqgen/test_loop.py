@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -7,11 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit, param_groups, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
+from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
+from run_tiny_fit import NoDropoutTask  # noqa: E402
 from tiny_task import Killed, TinyModel, TinyTask  # noqa: E402
 
 CFG = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=3, eval_every=4, save_every=4, log_every=1)
@@ -26,6 +31,10 @@ def _train_losses(run: Path) -> list[tuple[int, float, float]]:
     return [(r["step"], r["train/loss"], r.get("train/noise")) for r in rows if "train/loss" in r]
 
 
+def _all_finite(weights: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in weights.values())
+
+
 def test_fit_writes_model_metrics_and_checkpoints(tmp_path):
     model_dir = fit(TinyTask(), CFG, tmp_path)
     assert (model_dir / "config.json").is_file() and (model_dir / "extra.json").is_file()
@@ -38,14 +47,15 @@ def test_fit_writes_model_metrics_and_checkpoints(tmp_path):
     assert (tmp_path / "eval_12.txt").exists()
 
 
-@pytest.mark.parametrize("grad_accum,ema", [(1, 0.0), (2, 0.9)])
-def test_resume_is_exact(tmp_path, grad_accum, ema):
+# n=88 in micro-batches of 8: 11 per epoch, so with grad_accum=2 an epoch ends inside an optimizer step.
+@pytest.mark.parametrize("grad_accum,ema,n", [(1, 0.0, 96), (2, 0.9, 96), (2, 0.0, 88)])
+def test_resume_is_exact(tmp_path, grad_accum, ema, n):
     cfg = TrainConfig(**{**CFG.__dict__, "grad_accum": grad_accum, "ema_decay": ema})
-    whole = fit(TinyTask(), cfg, tmp_path / "whole")
+    whole = fit(TinyTask(n=n), cfg, tmp_path / "whole")
     # Killed in the middle of step 10 (micro-batch calls count grad_accum per step); the last checkpoint is 8.
     with pytest.raises(Killed):
-        fit(TinyTask(kill_at_step=10 * grad_accum), cfg, tmp_path / "split")
-    resumed = fit(TinyTask(), cfg, tmp_path / "split", resume=True)
+        fit(TinyTask(n=n, kill_at_step=10 * grad_accum), cfg, tmp_path / "split")
+    resumed = fit(TinyTask(n=n), cfg, tmp_path / "split", resume=True)
     for name, tensor in _weights(whole).items():
         assert torch.equal(tensor, _weights(resumed)[name]), name
     assert _train_losses(tmp_path / "whole") == _train_losses(tmp_path / "split")
@@ -65,11 +75,84 @@ def test_resume_with_other_model_settings_is_refused(tmp_path):
         fit(task, CFG, tmp_path, resume=True)
 
 
+class Recorder(TinyTask):
+    """Notes which loader Accelerate holds as the active one after each evaluation."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.active_after_eval = []
+
+    def evaluate(self, model, loader, accelerator):
+        results = super().evaluate(model, loader, accelerator)
+        self.active_after_eval.append(accelerator.gradient_state.active_dataloader)
+        return results
+
+
+def test_updates_every_grad_accum_micro_batches_across_epochs(tmp_path):
+    task = Recorder(n=88)  # 11 micro-batches of 8 per epoch: epoch ends at micro-batches 11 and 22
+    updates = []  # the micro-batch count at each real optimizer update
+    handle = register_optimizer_step_post_hook(lambda *_: updates.append(task.calls))
+    try:
+        fit(task, dataclasses.replace(CFG, grad_accum=2, eval_batches=1), tmp_path)
+    finally:
+        handle.remove()
+    assert updates == list(range(2, 25, 2))
+    # A val pass cut short by eval_batches must not stay registered: training's loader is active again.
+    assert [len(active.dataset) for active in task.active_after_eval] == [88, 88, 88]
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
     with pytest.raises(VqgenError, match="NaN"):
         fit(TinyTask(nan_at_step=6), CFG, tmp_path)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000004"]
+    assert _all_finite(_weights(tmp_path / "checkpoints" / "step_00000004"))
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, 0.0])
+def test_infinite_gradient_stops_before_the_update(tmp_path, grad_clip):
+    """A finite loss with an infinite gradient on a save step: no update, no checkpoint of NaN weights."""
+    cfg = dataclasses.replace(CFG, grad_clip=grad_clip)
+    with pytest.raises(VqgenError, match="gradient became NaN or infinite"):
+        fit(TinyTask(inf_grad_at_step=8), cfg, tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000004"]
+    assert _all_finite(_weights(tmp_path / "checkpoints" / "step_00000004"))
+    assert _all_finite(_weights(fit(TinyTask(), cfg, tmp_path, resume=True)))  # the checkpoint resumes
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    # An infinite learning rate turns finite gradients into infinite weights at the first update.
+    with pytest.raises(VqgenError, match="weights became NaN or infinite"):
+        fit(TinyTask(), dataclasses.replace(CFG, lr=math.inf, save_every=1), tmp_path)
+    assert not list((tmp_path / "checkpoints").glob("*"))
+
+
+def test_clipping_caps_the_gradient_the_optimizer_sees(tmp_path):
+    seen = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, *_: seen.append(float(torch.nn.utils.get_total_norm(
+            [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])))
+    )
+    try:
+        fit(TinyTask(), dataclasses.replace(CFG, steps=4, grad_clip=1e-3), tmp_path)
+    finally:
+        handle.remove()
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train/grad_norm"] > 1e-2 for r in logged if "train/grad_norm" in r)  # logged before clipping
+    assert len(seen) == 4 and max(seen) <= 1e-3 * (1 + 1e-4)
+
+
+def test_bf16_smoke(tmp_path):
+    """mixed_precision=bf16 on the CPU (its own process: Accelerate fixes one precision per process)."""
+    script = Path(__file__).parent / "run_tiny_fit.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "bf16"), "bf16"], env=env, check=True, timeout=120)
+    fit(NoDropoutTask(), CFG_TINY_FIT, tmp_path / "fp32")
+    bf16, fp32 = ([loss for _, loss, _ in _train_losses(tmp_path / run)] for run in ("bf16", "fp32"))
+    assert bf16 != fp32, "autocast did not change anything"
+    assert bf16 == pytest.approx(fp32, rel=0.05)
+    weights = _weights(tmp_path / "bf16" / "model")
+    assert _all_finite(weights) and all(t.dtype == torch.float32 for t in weights.values())
 
 
 def test_batch_not_divisible_is_a_clear_error(tmp_path):

@@ -47,12 +47,13 @@ class Killed(Exception):
 
 
 class TinyTask:
-    def __init__(self, n: int = 96, nan_at_step: int = -1, kill_at_step: int = -1):
+    def __init__(self, n: int = 96, nan_at_step: int = -1, kill_at_step: int = -1, inf_grad_at_step: int = -1):
         torch.manual_seed(0)
         self.model = TinyModel(TinyConfig())
         self.train_set, self.val_set = Points(n), Points(32, seed=1)
         self.run_config = {"model": {"dim": 4}}
         self.calls, self.nan_at_step, self.kill_at_step = 0, nan_at_step, kill_at_step
+        self.inf_grad_at_step = inf_grad_at_step
 
     def training_step(self, model, batch):
         self.calls += 1
@@ -61,6 +62,10 @@ class TinyTask:
         loss = torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
         if self.calls == self.nan_at_step:
             loss = loss * float("nan")
+        if self.calls == self.inf_grad_at_step:
+            # sqrt at 0: the loss term is exactly 0, its gradient 1 / (2 sqrt(0)) is infinite.
+            weight = model.net[0].weight
+            loss = loss + torch.sqrt(weight - weight.detach()).sum()
         return {"loss": loss, "noise": torch.rand(())}  # draws from the global RNG: resume must restore it
 
     def evaluate(self, model, loader, accelerator):
