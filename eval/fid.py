@@ -1,9 +1,10 @@
 """FID and KID (and IS where the network has logits) of a folder of samples against reference statistics.
 
-A reference is an `.npz` with `mu` (2048,) and `sigma` (2048, 2048) float64, the keys pytorch-fid and
-the ADM evaluator read, plus `features` (N, 2048) float32 for KID; a JSON sidecar (`stats.json` next
-to `stats.npz`) records the protocol. A third-party `.npz` with only `mu`/`sigma` gives FID, and KID is
-reported unavailable. The Frechet distance and the KID estimator are torchmetrics' own
+A reference is an `.npz` with `mu` (2048,) and `sigma` (2048, 2048) float64, the keys pytorch-fid
+writes and reads, plus `features` (N, 2048) float32 for KID; a JSON sidecar (`stats.json` next to
+`stats.npz`) records the protocol. A third-party `.npz` gives FID from its `mu`/`sigma` (an ADM
+reference batch's too: its `arr_0` images and `mu_s`/`sigma_s` are never read), and KID is reported
+unavailable. The Frechet distance and the KID estimator are torchmetrics' own
 (`FrechetInceptionDistance`, `KernelInceptionDistance`), fed features that Inception computed once.
 """
 
@@ -25,6 +26,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from eval.inception import InceptionFeatures, extract_features, inception_score_unavailable
+from vqgen.config import apply
 from vqgen.data import IMAGE_SUFFIXES, DataConfig, load_images
 from vqgen.errors import VqgenError
 from vqgen.runs import atomic_path, read_json, write_json
@@ -112,17 +114,19 @@ def save_ref(path: str | Path, stats: RefStats) -> None:
 
 
 def load_ref(path: str | Path) -> RefStats:
-    """Our `.npz` or a third-party one (pytorch-fid, ADM) holding at least `mu` and `sigma`."""
+    """Our `.npz` or a third-party one (pytorch-fid, ADM) holding at least `mu` and `sigma`.
+    Only `mu`, `sigma` and `features` are read: an ADM reference batch also holds ~2 GB of images."""
     path = Path(path)
     if not path.is_file():
         raise VqgenError(f"{path}: reference statistics not found; make them with `vqgen fid-ref`")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+        with np.load(path, allow_pickle=False) as npz:  # lazy: an array is read when it is indexed
+            if "mu" not in npz.files or "sigma" not in npz.files:
+                raise VqgenError(f"{path}: has keys {sorted(npz.files)}, needs 'mu' and 'sigma'; "
+                                 "make it with `vqgen fid-ref`")
+            arrays = {k: npz[k] for k in ("mu", "sigma", "features") if k in npz.files}
     except (OSError, ValueError) as err:
         raise VqgenError(f"{path}: not a readable .npz ({err}); make it with `vqgen fid-ref`") from None
-    if "mu" not in arrays or "sigma" not in arrays:
-        raise VqgenError(f"{path}: has keys {sorted(arrays)}, needs 'mu' and 'sigma'; make it with `vqgen fid-ref`")
     sidecar = path.with_suffix(".json")
     meta = read_json(sidecar, "reference sidecar") if sidecar.is_file() else {}
     return RefStats(arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64), arrays.get("features"), meta)
@@ -195,6 +199,18 @@ def kernel_distance(ref_features: torch.Tensor, features: torch.Tensor, seed: in
     return float(mean), float(std)
 
 
+def _kid(stats: RefStats, features: torch.Tensor, ref: str | Path) -> dict[str, Any]:
+    """kid_mean/kid_std, or a `kid` line saying why not: the unbiased estimator needs two images
+    per subset on each side (one would divide by m(m-1) = 0)."""
+    if stats.features is None:
+        return {"kid": f"KID: unavailable ({ref} holds only mu/sigma, no reference features)"}
+    if min(len(stats.features), len(features)) < 4:
+        return {"kid": f"KID: unavailable ({len(stats.features)} reference and {len(features)} sample images; "
+                       "needs at least 4 of each)"}
+    mean, std = kernel_distance(torch.from_numpy(stats.features), features)
+    return {"kid_mean": mean, "kid_std": std}
+
+
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """IS (mean, std over splits) of logits (N, 1008), Salimans et al. (2016)."""
     metric = InceptionScore(feature=_Precomputed(logits.shape[1]), splits=splits)
@@ -205,13 +221,47 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tu
     return float(mean), float(std)
 
 
-def resolve_ref(ref: str | Path, model: InceptionFeatures, n: int = 0) -> RefStats:
-    """An .npz path, or a data SPEC whose test split is scored now (nothing written)."""
+def resolve_ref(
+    ref: str | Path, model: InceptionFeatures, first_sample: Path, n: int = 0, data: dict[str, Any] | None = None
+) -> RefStats:
+    """An .npz path, or a data SPEC whose test split is scored now (nothing written), loaded with
+    the samples' image size and channels unless `data` (the --data.* settings) names them."""
     if str(ref).endswith(".npz") or Path(ref).is_file():
+        if data:
+            raise VqgenError(f"--data.{next(iter(data))}: --data.* settings apply to a --ref data spec, and {ref} "
+                             "is a statistics file; drop them or make the file again with `vqgen fid-ref --data.*`")
         stats = load_ref(ref)
         check_protocol(stats.meta, model, ref)
+        _warn_on_size(stats.meta, first_sample, ref)
         return stats
-    return reference_stats(model, DataConfig(spec=str(ref)), "test", n)
+    return reference_stats(model, ref_data_config(str(ref), first_sample, data), "test", n)
+
+
+def sample_format(path: Path) -> tuple[int, int, int]:
+    """(height, width, channels) of one sample image; channels 1 for a grey PNG, else 3."""
+    with Image.open(path) as im:
+        (w, h), grey = im.size, im.getbands()[0] in ("1", "L", "I", "F")
+    return h, w, 1 if grey else 3
+
+
+def ref_data_config(spec: str, first_sample: Path, data: dict[str, Any] | None = None) -> DataConfig:
+    """The DataConfig of a --ref SPEC. DataConfig's default 32 px would score 64-px samples against
+    32-px references without a word, so size and channels come from the samples unless given."""
+    data = data or {}
+    h, w, channels = sample_format(first_sample)
+    if h != w and "image_size" not in data:
+        raise VqgenError(f"{first_sample}: samples are {w}x{h}, references are square; pass --data.image_size=N "
+                         "or score against a .npz from `vqgen fid-ref`")
+    values = {"image_size": h, "channels": channels, **data, "spec": spec}
+    return apply(DataConfig(), values, source="vqgen fid --data.*")
+
+
+def _warn_on_size(meta: dict[str, Any], first_sample: Path, ref: str | Path) -> None:
+    size = (meta.get("data") or {}).get("image_size")
+    h, w, _ = sample_format(first_sample)
+    if size and (h, w) != (size, size):
+        logger.warning("%s: reference images were %d px, samples are %dx%d; FID will measure the resize too",
+                       ref, size, w, h)
 
 
 def check_protocol(meta: dict[str, Any], model: InceptionFeatures, ref: str | Path) -> None:
@@ -226,21 +276,20 @@ def check_protocol(meta: dict[str, Any], model: InceptionFeatures, ref: str | Pa
 
 
 def fid(
-    samples_dir: str | Path, ref: str | Path, n: int = 0, weights: str | Path | None = None, n_ref: int = 0
+    samples_dir: str | Path, ref: str | Path, n: int = 0, weights: str | Path | None = None, n_ref: int = 0,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`vqgen fid`: FID, KID and IS (or why not) of the first n (0: all) images in `samples_dir`
-    against `ref` (an .npz, or a data SPEC whose first n_ref test images are scored now)."""
+    against `ref` (an .npz, or a data SPEC whose first n_ref test images are scored now, with the
+    DataConfig settings `data` over the samples' own size and channels)."""
     model = InceptionFeatures(weights)
-    stats = resolve_ref(ref, model, n_ref)
     samples = ImageFolder(samples_dir, n)
+    stats = resolve_ref(ref, model, samples.paths[0], n_ref, data)
     extracted = extract_features(model, folder_batches(samples_dir, n), len(samples), desc="samples")
     result: dict[str, Any] = {**protocol(model), "n_samples": len(samples), "samples": str(samples_dir),
                               "reference": str(ref), "reference_meta": stats.meta,
                               "fid": frechet_distance(stats, extracted.features)}
-    if stats.features is None:
-        result["kid"] = f"KID: unavailable ({ref} holds only mu/sigma, no reference features)"
-    else:
-        result["kid_mean"], result["kid_std"] = kernel_distance(torch.from_numpy(stats.features), extracted.features)
+    result.update(_kid(stats, extracted.features, ref))
     if extracted.logits is None:
         result["is"] = inception_score_unavailable(model.source)
     else:

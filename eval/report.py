@@ -34,6 +34,10 @@ def protocol_lines(result: dict[str, Any]) -> list[str]:
         f"- reference: `{result.get('reference')}`, N = {ref.get('n', 'unknown')}, split = {ref.get('split', 'unknown')}",
         f"- reference class balance: {_class_balance(ref.get('class_counts'))}",
     ]
+    if ref.get("data"):
+        data = ref["data"]
+        lines.append(f"- reference data: {data.get('spec')} at {data.get('image_size')} px, channels = "
+                     f"{data.get('channels') or 'as stored'}, resize = {data.get('resize')}")
     if not ref:
         lines.append("- reference protocol: unknown (third-party statistics without a sidecar)")
     return lines
@@ -46,17 +50,27 @@ def score_lines(metrics: dict[str, Any]) -> list[str]:
     return [f"| {key} | {_fmt(value)} |" for key, value in metrics.items() if key not in skip]
 
 
-def write_report(out_dir: str | Path, metrics: dict[str, Any], title: str = "vqgen evaluation") -> Path:
-    """OUT/metrics.json (everything) and OUT/report.md (scores, then the protocol); returns report.md.
-    `metrics` is an `eval.fid.fid` result, optionally merged with classifier and tokenizer metrics."""
-    out_dir = Path(out_dir)
-    write_json(out_dir / "metrics.json", metrics)
+def report_paths(out: str | Path) -> tuple[Path, Path]:
+    """(JSON, Markdown) paths of `out`: X.json gives X.json and X.md beside it, a folder gives
+    folder/metrics.json and folder/report.md."""
+    out = Path(out)
+    if out.suffix == ".json":
+        return out, out.with_suffix(".md")
+    return out / "metrics.json", out / "report.md"
+
+
+def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen evaluation") -> Path:
+    """The metrics as JSON and a Markdown report (scores, then the protocol) at `report_paths(out)`;
+    returns the report's path. `metrics` is an `eval.fid.fid` result, optionally merged with
+    classifier and tokenizer metrics."""
+    json_path, md_path = report_paths(out)
+    write_json(json_path, metrics)
     text = "\n".join([
         f"# {title}", "", "| metric | value |", "|---|---|", *score_lines(metrics), "",
         "## Protocol", "", *protocol_lines(metrics), "",
         "Inception numbers (FID, KID, IS) and classifier numbers (\"classifier FID (<data> CNN)\") come from "
         "different networks and are never comparable with each other.", "",
     ])
-    with atomic_path(out_dir / "report.md") as tmp:
+    with atomic_path(md_path) as tmp:
         tmp.write_text(text)
-    return out_dir / "report.md"
+    return md_path

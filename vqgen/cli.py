@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p["dump-codes"].add_argument("--splits", default="train,val", help="comma-separated splits to encode")
     p["dump-codes"].add_argument("--batch-size", type=int, default=256)
     p["reconstruct"].add_argument("--n", type=int, default=64, help="images in the side-by-side PNG")
+    p["reconstruct"].add_argument("--rfid-n", type=int, default=0, help="val images for rFID (0: --n)")
     p["train-prior"].add_argument("--codes", help="code-grid folder written by dump-codes")
     p["train-prior"].add_argument("--arch", choices=("gpt", "pixelcnn"))
     p["train-prior"].add_argument("--preset", help="model size preset (see README)")
@@ -80,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p["fid"].add_argument("--samples", type=Path, required=True, help="folder of PNG samples")
     p["fid"].add_argument("--ref", required=True, help="reference .npz (ours or pytorch-fid's) or a data spec")
     p["fid"].add_argument("--n", type=int, default=0, help="samples to score (0: all)")
+    p["fid"].add_argument("--ref-n", type=int, default=0, help="test images of a --ref data spec (0: all)")
     for name in ("fid-ref", "fid", "reconstruct", "pipeline"):
         p[name].add_argument("--inception-weights", type=Path, help="pytorch-fid or torch-fidelity weights")
     return parser
@@ -152,7 +154,8 @@ def _cmd_reconstruct(args, overrides):
     from eval.recon import reconstruct
 
     data = _data_config(args, overrides)
-    metrics = reconstruct(args.tokenizer, data, args.out, n=args.n, weights=args.inception_weights)
+    metrics = reconstruct(args.tokenizer, data, args.out, n=args.n, weights=args.inception_weights,
+                          rfid_n=args.rfid_n)
     return "reconstruct: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
@@ -197,12 +200,17 @@ def _cmd_fid_ref(args, overrides):
 
 def _cmd_fid(args, overrides):
     from eval.fid import fid
+    from eval.report import write_report
 
-    result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights)
+    # --data.* settings describe a --ref data spec; the samples' own size and channels fill the rest.
+    values = stage_settings(None, "data", overrides, {})
+    if set(values) - {"data"}:
+        raise VqgenError(f"vqgen fid: --{sorted(set(values) - {'data'})[0]}.* is not a fid setting; only --data.* "
+                         "(for a --ref data spec) is")
+    data = values.get("data", {})
+    result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights, n_ref=args.ref_n, data=data)
     if args.out is not None:
-        from vqgen.runs import write_json
-
-        write_json(args.out, result)
+        write_report(args.out, result, title=f"vqgen fid: {args.samples}")  # X.json + X.md, or DIR/
     scores = {k: v for k, v in result.items() if k in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "kid", "is", "n_samples")}
     return "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items())
 
