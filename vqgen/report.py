@@ -95,6 +95,16 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
     return ["| metric | value |", "|---|---|", *(f"| {name} | {_fmt(value)} |" for name, value in rows), ""]
 
 
+def _classifier_protocol(clf: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Classifier numbers are comparable only with the same classifier file, N and reference split."""
+    sha = clf.get("classifier_sha256")
+    return [("classifier test accuracy", clf.get("val/accuracy")),
+            ("classifier samples scored (N)", clf.get("classifier_n_samples")),
+            ("classifier reference images (N)", clf.get("classifier_n_reference")),
+            ("classifier reference split", clf.get("classifier_reference_split")),
+            ("classifier sha256", f"`{sha[:12]}`" if sha else None)]
+
+
 def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, Any]]) -> str:
     fid = records.get("fid", {})
     is_line = fid.get("is") if isinstance(fid.get("is"), str) else f"{_fmt(fid.get('is_mean'))} ± {_fmt(fid.get('is_std'))}"
@@ -107,7 +117,7 @@ def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, An
     classifier = [(k, v) for k, v in summary.items() if k.startswith("classifier ")]
     if classifier:
         lines += ["## Samples, small-data classifier (not comparable with Inception numbers)", "",
-                  *_table(classifier + [("classifier test accuracy", records["classifier"].get("val/accuracy"))])]
+                  *_table(classifier + _classifier_protocol(records["classifier"]))]
     lines += ["## Tokenizer", "", "![reconstructions](reconstructions.png)", "",
               *_table([("rFID (Inception)", summary["rfid"]), ("rFID images", summary["rfid_n"]),
                        ("PSNR (dB)", summary["tokenizer_psnr"]), ("SSIM", summary["tokenizer_ssim"]),

@@ -1,6 +1,6 @@
 import json
 
-from eval.report import write_report
+from eval.report import report_paths, write_report
 
 
 def test_report_states_the_protocol(tmp_path):
@@ -19,3 +19,12 @@ def test_report_states_the_protocol(tmp_path):
 def test_third_party_reference_is_flagged(tmp_path):
     report = write_report(tmp_path, {"fid": 1.0, "reference_meta": {}}).read_text()
     assert "unknown (third-party statistics" in report
+
+
+def test_report_paths_beside_a_json_file_or_in_a_folder(tmp_path):
+    assert report_paths(tmp_path / "fid.json") == (tmp_path / "fid.json", tmp_path / "fid.md")
+    assert report_paths(tmp_path / "eval") == (tmp_path / "eval" / "metrics.json", tmp_path / "eval" / "report.md")
+    report = write_report(tmp_path / "fid.json", {"fid": 2.0, "reference_meta": {
+        "n": 10, "data": {"spec": "cifar10", "image_size": 64, "channels": 3, "resize": "auto"}}})
+    assert report == tmp_path / "fid.md" and json.loads((tmp_path / "fid.json").read_text())["fid"] == 2.0
+    assert "reference data: cifar10 at 64 px, channels = 3, resize = auto" in report.read_text()
