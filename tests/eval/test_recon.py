@@ -30,3 +30,15 @@ def test_reconstruct_writes_png_and_metrics(tokenizer_dir, tmp_path):
     assert (out / "reconstructions.png").is_file()
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["rfid_n"] == 2 and saved["rfid"] >= 0 and metrics["psnr"] == saved["psnr"]
+
+
+def test_cli_reconstruct_takes_rfid_n(tokenizer_dir, tmp_path, pngs, random_pth):
+    from vqgen.cli import main
+
+    pngs(tmp_path / "data" / "train", 2, 32, seed=1)
+    pngs(tmp_path / "data" / "val", 5, 32, seed=2)
+    out = tmp_path / "recon"
+    rc = main(["reconstruct", "--tokenizer", str(tokenizer_dir), "--data", f"folder:{tmp_path / 'data'}",
+               "--out", str(out), "--n", "2", "--rfid-n", "4", "--inception-weights", str(random_pth)])
+    saved = json.loads((out / "metrics.json").read_text())
+    assert rc == 0 and saved["rfid_n"] == 4 and saved["n_images"] == 5 and saved["weights_source"] == "pytorch-fid"
