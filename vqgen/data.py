@@ -5,17 +5,21 @@
     mnist[:ROOT]          torchvision MNIST under ROOT (default $VQGEN_DATA or ~/.cache/vqgen)
     cifar10[:ROOT]        torchvision CIFAR-10 under ROOT
     folder:PATH           any image tree, recursive; first-level sub-folders are classes when every
-                          image sits in one; PATH/train and PATH/val (or test) are used as splits
+                          image sits in one; PATH/train and PATH/val (or test) are used as splits,
+                          with one class list built from all of them
     hf:NAME_OR_PATH       a `datasets` data set (saved folder or hub name) with an `image` column and
                           an optional `label` column
 
 Every item is `{"image": (C, H, W) float in [-1, 1], "label": int64 (-1 when none), "index": int64}`.
 Where a source has no validation split, a deterministic one is cut from its training split.
+With `skip_bad`, unreadable images are dropped when the split is loaded (every image of a folder or
+hf source is decoded once to find them) and `ImageDataset.skipped` counts them.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from vqgen.errors import VqgenError
@@ -34,6 +38,9 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"
+# What PIL raises on a broken file: UnidentifiedImageError is an OSError, truncated data raises
+# OSError or ValueError, and some plugins (PNG's "broken PNG file") raise SyntaxError or EOFError.
+BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError)
 
 
 @dataclass
@@ -49,7 +56,8 @@ class DataConfig:
 
 
 class ImageDataset(Dataset):
-    """One split of a source, as (C, H, W) floats in [-1, 1]."""
+    """One split of a source, as (C, H, W) floats in [-1, 1]; `skipped` counts the unreadable images
+    that data.skip_bad dropped from it."""
 
     def __init__(self, source: _Source, cfg: DataConfig, split: str, num_classes: int):
         self.source, self.cfg, self.split = source, cfg, split
@@ -57,6 +65,7 @@ class ImageDataset(Dataset):
         self.channels = cfg.channels or source.channels
         self.pad = cfg.resize == "pad" or (cfg.resize == "auto" and source.pad_by_default)
         self.length = len(source) if cfg.max_images <= 0 else min(cfg.max_images, len(source))
+        self.skipped = source.skipped
 
     def __len__(self) -> int:
         return self.length
@@ -118,6 +127,7 @@ class _Source:
 
     channels = 3
     pad_by_default = False
+    skipped = 0  # unreadable images dropped by data.skip_bad
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -209,8 +219,13 @@ def _read_image(path: Path, channels: int) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except BAD_IMAGE as err:
         raise VqgenError(f"{path}: cannot read this image ({err}); fix or delete it, or pass --data.skip_bad=true") from None
+    return _to_chw(array)
+
+
+def _to_chw(array: np.ndarray) -> torch.Tensor:
+    """PIL's uint8 (h, w) or (h, w, C) array -> (C, h, w)."""
     return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
 
 
@@ -220,24 +235,44 @@ def _folder(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, 
         raise VqgenError(f"folder:{arg}: not a directory; give the path of an image folder")
     split_dirs = {s: root / s for s in ("train", "val", "test") if (root / s).is_dir()}
     if "train" in split_dirs:
-        want = split if split in split_dirs else ("test" if split == "val" else "val")
-        if want not in split_dirs:
-            raise VqgenError(f"{root}: has train/ but no val/ or test/ folder; add one")
-        paths = _image_files(split_dirs[want])
-        base, chosen = split_dirs[want], np.arange(len(paths))
+        base = split_dirs[_folder_split(root, split_dirs, split)]
+        # Classes come from every split folder, so val's "bee" is the same label as train's.
+        trees = {d: _image_files(d) for d in split_dirs.values()}
+        paths, chosen = trees[base], np.arange(len(trees[base]))
     else:
-        paths, base = _image_files(root), root
+        base, paths = root, _image_files(root)
+        trees = {root: paths}
         chosen = deterministic_split(len(paths), cfg, "val" if split == "test" else split)
     if not paths:
         raise VqgenError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); add images")
-    classes = sorted({p.relative_to(base).parts[0] for p in paths if len(p.relative_to(base).parts) > 1})
-    labelled = all(len(p.relative_to(base).parts) > 1 for p in paths) and len(classes) > 1
+    classes = _folder_classes(trees)
     paths = [paths[i] for i in chosen]
-    labels = [classes.index(p.relative_to(base).parts[0]) if labelled else -1 for p in paths]
+    labels = [classes[p.relative_to(base).parts[0]] if classes else -1 for p in paths]
     channels = cfg.channels or _first_readable_channels(paths)
+    skipped = 0
     if cfg.skip_bad:
-        paths, labels = _drop_unreadable(paths, labels)
-    return _FileSource(paths, labels, channels), len(classes) if labelled else 0
+        paths, labels, skipped = _drop_unreadable(paths, labels)
+    source = _FileSource(paths, labels, channels)
+    source.skipped = skipped
+    return source, len(classes)
+
+
+def _folder_split(root: Path, split_dirs: dict[str, Path], split: str) -> str:
+    """The split folder that serves `split`: val falls back to test/ and test to val/."""
+    want = split if split in split_dirs else ("test" if split == "val" else "val")
+    if want not in split_dirs:
+        raise VqgenError(f"{root}: has train/ but no val/ or test/ folder; add one")
+    return want
+
+
+def _folder_classes(trees: dict[Path, list[Path]]) -> dict[str, int]:
+    """Class name -> label over all split folders; empty (unlabelled) unless every image of every
+    folder sits in a first-level sub-folder and there are at least two of them."""
+    firsts = [p.relative_to(base).parts for base, paths in trees.items() for p in paths]
+    names = sorted({parts[0] for parts in firsts if len(parts) > 1})
+    if len(names) < 2 or any(len(parts) == 1 for parts in firsts):
+        return {}
+    return {name: label for label, name in enumerate(names)}
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -248,40 +283,55 @@ def _first_readable_channels(paths: list[Path]) -> int:
     for path in paths[:16]:
         try:
             with Image.open(path) as im:
-                return 1 if im.mode in ("1", "L", "I;16", "I", "F") else 3
-        except (OSError, UnidentifiedImageError):
+                return _mode_channels(im.mode)
+        except BAD_IMAGE:
             continue
     return 3
 
 
-def _drop_unreadable(paths: list[Path], labels: list[int]) -> tuple[list[Path], list[int]]:
-    kept_paths, kept_labels = [], []
-    for path, label in zip(paths, labels):
-        try:
-            with Image.open(path) as im:
-                im.load()
-        except (OSError, UnidentifiedImageError, ValueError):
-            continue
-        kept_paths.append(path)
-        kept_labels.append(label)
-    if len(kept_paths) < len(paths):
-        logger.warning("skipped %d unreadable images (data.skip_bad=true)", len(paths) - len(kept_paths))
-    return kept_paths, kept_labels
+def _mode_channels(mode: str) -> int:
+    return 1 if mode in ("1", "L", "I;16", "I", "F") else 3
+
+
+def _decodes(source) -> bool:
+    """Whether PIL can decode the image at `source` (a path or a file object) completely."""
+    try:
+        with Image.open(source) as im:
+            im.load()
+    except BAD_IMAGE:
+        return False
+    return True
+
+
+def _drop_unreadable(paths: list[Path], labels: list[int]) -> tuple[list[Path], list[int], int]:
+    kept = [(path, label) for path, label in zip(paths, labels) if _decodes(path)]
+    skipped = len(paths) - len(kept)
+    if skipped:
+        logger.warning("skipped %d unreadable images (data.skip_bad=true)", skipped)
+    return [path for path, _ in kept], [label for _, label in kept], skipped
 
 
 class _HFSource(_Source):
-    def __init__(self, ds, label_column: str | None, channels: int):
-        self.ds, self.label_column, self.channels = ds, label_column, channels
+    """Rows `rows` of one stored split of a `datasets` data set; a broken image names its row."""
+
+    def __init__(self, ds, rows: np.ndarray, label_column: str | None, channels: int, name: str):
+        self.ds, self.rows, self.label_column, self.channels, self.name = ds, rows, label_column, channels, name
 
     def __len__(self) -> int:
-        return len(self.ds)
+        return len(self.rows)
 
     def get(self, i: int) -> tuple[torch.Tensor, int]:
-        row = self.ds[int(i)]
-        im = row["image"].convert("L" if self.channels == 1 else "RGB")
-        array = np.asarray(im)
-        label = int(row[self.label_column]) if self.label_column else -1
-        return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1), label
+        row = int(self.rows[i])
+        try:
+            item = self.ds[row]
+            array = np.asarray(item["image"].convert("L" if self.channels == 1 else "RGB"))
+        except BAD_IMAGE as err:
+            raise VqgenError(
+                f"{self.name} row {row}: cannot read this image ({type(err).__name__}: {err}); "
+                "fix or drop the row, or pass --data.skip_bad=true"
+            ) from None
+        label = int(item[self.label_column]) if self.label_column else -1
+        return _to_chw(array), label
 
 
 def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, int]:
@@ -291,32 +341,70 @@ def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Sou
         loaded = datasets.load_from_disk(arg) if Path(arg).exists() else datasets.load_dataset(arg)
     except Exception as err:
         raise VqgenError(f"hf:{arg}: cannot load this data set ({type(err).__name__}); check the name or path") from None
-    ds = _pick_hf_split(loaded, cfg, split, arg)
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict(train=loaded)
+    stored, rows = _pick_hf_split(loaded, cfg, split, arg)
+    ds, name = loaded[stored], f"hf:{arg} split '{stored}'"
     if "image" not in ds.column_names:
         raise VqgenError(f"hf:{arg}: no 'image' column (columns: {', '.join(ds.column_names)}); rename it to image")
     label_column = next((c for c in ("label", "labels") if c in ds.column_names), None)
-    num_classes = 0
-    if label_column:
-        feature = ds.features[label_column]
-        num_classes = getattr(feature, "num_classes", None) or int(max(ds[label_column])) + 1
-    first = ds[0]["image"]
-    channels = cfg.channels or (1 if first.mode in ("1", "L") else 3)
-    return _HFSource(ds, label_column, channels), num_classes
+    skipped = 0
+    if cfg.skip_bad:
+        rows, skipped = _readable_rows(ds, rows, name)
+    source = _HFSource(ds, rows, label_column, cfg.channels or _hf_channels(ds, rows), name)
+    source.skipped = skipped
+    return source, _hf_num_classes(loaded, label_column)
 
 
-def _pick_hf_split(loaded, cfg: DataConfig, split: str, arg: str):
-    import datasets
-
-    if isinstance(loaded, datasets.Dataset):
-        loaded = datasets.DatasetDict(train=loaded)
+def _pick_hf_split(loaded, cfg: DataConfig, split: str, arg: str) -> tuple[str, np.ndarray]:
+    """(stored split name, its rows) that serve `split`; val is cut from train when none is stored."""
     if "train" not in loaded:
         raise VqgenError(f"hf:{arg}: no 'train' split (has {', '.join(loaded)}); save one or use a plain Dataset")
     val_name = next((n for n in ("validation", "val", "valid") if n in loaded), None)
     if split == "test" and "test" in loaded:
-        return loaded["test"]
-    if split != "train" and val_name:
-        return loaded[val_name]
-    if val_name:
-        return loaded["train"]
-    train = loaded["train"]
-    return train.select(deterministic_split(len(train), cfg, "train" if split == "train" else "val"))
+        stored = "test"
+    elif split != "train" and val_name:
+        stored = val_name
+    elif val_name:
+        stored = "train"
+    else:
+        n = len(loaded["train"])
+        return "train", deterministic_split(n, cfg, "train" if split == "train" else "val")
+    return stored, np.arange(len(loaded[stored]))
+
+
+def _hf_num_classes(loaded, label_column: str | None) -> int:
+    """N from the ClassLabel feature, else from the largest label over every stored split, so a
+    split cut from train agrees with the rest."""
+    if label_column is None:
+        return 0
+    feature = loaded["train"].features.get(label_column)
+    if getattr(feature, "num_classes", None):
+        return feature.num_classes
+    return 1 + max(int(max(d[label_column])) for d in loaded.values() if label_column in d.column_names and len(d))
+
+
+def _hf_channels(ds, rows: np.ndarray) -> int:
+    for row in rows[:16]:
+        try:
+            return _mode_channels(ds[int(row)]["image"].mode)
+        except BAD_IMAGE:
+            continue
+    return 3
+
+
+def _readable_rows(ds, rows: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """`rows` without those whose image PIL cannot decode (each image is decoded once), and the count."""
+    import datasets
+
+    # The undecoded column gives each image's stored bytes (or path); a cheap cast, nothing is rewritten.
+    raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
+    good = np.ones(len(rows), dtype=bool)
+    for start in range(0, len(rows), 1024):
+        cells = raw[rows[start : start + 1024].tolist()]["image"]
+        for j, cell in enumerate(cells):
+            good[start + j] = _decodes(io.BytesIO(cell["bytes"]) if cell["bytes"] else cell["path"])
+    skipped = int((~good).sum())
+    if skipped:
+        logger.warning("%s: skipped %d unreadable images (data.skip_bad=true)", name, skipped)
+    return rows[good], skipped
