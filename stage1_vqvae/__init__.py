@@ -6,9 +6,9 @@ Importing the package registers the tokenizer with transformers' Auto classes, s
 
 from transformers import AutoConfig, AutoModel
 
-from stage1_vqvae.model import MODEL_TYPE, VQVAE, VQVAEConfig, load_tokenizer
+from stage1_vqvae.model import MODEL_TYPE, VQVAE, VQVAEConfig, load_tokenizer, training_data
 
 AutoConfig.register(MODEL_TYPE, VQVAEConfig, exist_ok=True)
 AutoModel.register(VQVAEConfig, VQVAE, exist_ok=True)
 
-__all__ = ["VQVAE", "VQVAEConfig", "load_tokenizer"]
+__all__ = ["VQVAE", "VQVAEConfig", "load_tokenizer", "training_data"]

@@ -20,12 +20,15 @@ from transformers.utils import ModelOutput
 
 from stage1_vqvae.blocks import Decoder, Encoder
 from stage1_vqvae.quantize import QuantizerConfig, VectorQuantizer
+from vqgen.config import apply
+from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
 from vqgen.runs import read_json
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "vqgen_vqvae"
+TRAINING_FILE = "vqgen_tokenizer.json"  # {"data": DataConfig, "val": metrics, ...}, written by train.py
 
 # Named architectures; each lists only what differs from the VQVAEConfig defaults ("small", the
 # Fashion-MNIST/MNIST tokenizer: 32x32 -> 8x8 codes, K=512, trains on a CPU in minutes).
@@ -232,3 +235,18 @@ def load_tokenizer(path: str | Path) -> VQVAE:
             f"{broken[0]}); the folder is corrupt or mixed from two models, re-copy it"
         )
     return model.eval()
+
+
+def training_data(path: str | Path) -> DataConfig:
+    """The DataConfig the tokenizer at `path` (its model folder or training run folder) was trained on,
+    from model/vqgen_tokenizer.json, so later stages can encode the same kind of images."""
+    file = tokenizer_folder(path) / TRAINING_FILE
+    if not file.is_file():
+        raise VqgenError(
+            f"{file}: not found, so the tokenizer's training data settings are unknown (it was not saved by "
+            "`vqgen train-tokenizer`); pass the data settings yourself (--data SPEC, --data.image_size=...)"
+        )
+    data = read_json(file, "tokenizer training record").get("data")
+    if not isinstance(data, dict):
+        raise VqgenError(f"{file}: field 'data' is missing; re-run `vqgen train-tokenizer` or pass the data settings yourself")
+    return apply(DataConfig(), data, source=str(file))

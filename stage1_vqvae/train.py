@@ -22,7 +22,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from torchvision.utils import save_image
 
 from stage1_vqvae.losses import RECONSTRUCTION, psnr_from_mse, tokenizer_loss
-from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
+from stage1_vqvae.model import PRESETS, TRAINING_FILE, VQVAE, VQVAEConfig
 from vqgen.config import check_kwargs, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
@@ -135,8 +135,10 @@ class TokenizerTask:
             save_image(grid * 0.5 + 0.5, tmp, nrow=cols, padding=1)
 
     def save_extras(self, model_dir: Path) -> None:
-        """vqgen_tokenizer.json: the data it was trained on and its last val metrics."""
-        write_json(model_dir / "vqgen_tokenizer.json", {"data": to_dict(self.cfg.data), "val": self.last_eval})
+        """vqgen_tokenizer.json: the data it was trained on (read back by `model.training_data`), the
+        unreadable images data.skip_bad dropped per split, and its last val metrics."""
+        skipped = {"train": self.train_set.skipped, "val": self.val_set.skipped}
+        write_json(model_dir / TRAINING_FILE, {"data": to_dict(self.cfg.data), "skipped": skipped, "val": self.last_eval})
 
 
 def train_tokenizer(cfg: TokenizerRunConfig, out: Path, resume: bool = False) -> Path:

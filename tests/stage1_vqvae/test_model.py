@@ -3,7 +3,15 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 import stage1_vqvae  # noqa: F401  (registers the Auto classes)
-from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, load_tokenizer, straight_through_clamp
+from stage1_vqvae.model import (
+    PRESETS,
+    VQVAE,
+    VQVAEConfig,
+    load_tokenizer,
+    straight_through_clamp,
+    training_data,
+)
+from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
 
 TINY = dict(base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=16, image_size=16)
@@ -24,15 +32,17 @@ def images(b: int = 4, c: int = 1, size: int = 16) -> torch.Tensor:
         pytest.param({}, id="factor2"),
         pytest.param({"channel_mult": (1, 1, 2), "attn_at_lowest": True}, id="factor4-attn"),
         pytest.param({"channel_mult": (1, 1, 1, 2), "in_channels": 3, "lookup_dim": 4, "ema": False}, id="factor8-rgb"),
+        # The "large" preset's factor: 32px -> 2x2 codes.
+        pytest.param({"channel_mult": (1, 1, 1, 1, 2), "image_size": 32, "lookup_dim": 4}, id="factor16"),
     ],
 )
 def test_shapes_range_and_gradients(overrides):
     model = tiny(**overrides)
-    c, f = model.config.in_channels, model.downsample_factor
-    x = images(c=c)
+    c, f, size = model.config.in_channels, model.downsample_factor, model.config.image_size
+    x = images(c=c, size=size)
     out = model(x)
     assert out.reconstruction.shape == x.shape
-    assert out.codes.shape == (4, 16 // f, 16 // f) and out.codes.dtype == torch.int64
+    assert out.codes.shape == (4, size // f, size // f) and out.codes.dtype == torch.int64
     assert out.reconstruction.min() >= -1 and out.reconstruction.max() <= 1
     assert set(out.losses) >= {"commitment"}
     ((out.reconstruction - x).square().mean() + sum(out.losses.values())).backward()
@@ -145,3 +155,16 @@ def test_wrong_inputs_are_user_errors():
 def test_presets_build_a_consistent_config(name):
     cfg = VQVAEConfig(**PRESETS[name])
     assert cfg.grid_size * cfg.downsample_factor == cfg.image_size
+
+
+def test_training_data_reads_the_run_or_model_folder(tmp_path):
+    model_dir = tmp_path / "model"
+    tiny().save_pretrained(model_dir)
+    with pytest.raises(VqgenError, match=r"vqgen_tokenizer.json: not found.*--data"):
+        training_data(tmp_path)
+    (model_dir / "vqgen_tokenizer.json").write_text('{"data": {"spec": "cifar10", "image_size": 16, "channels": 3}}')
+    expected = DataConfig(spec="cifar10", image_size=16, channels=3)
+    assert training_data(tmp_path) == training_data(model_dir) == expected
+    (model_dir / "vqgen_tokenizer.json").write_text('{"data": {"image_sise": 16}}')
+    with pytest.raises(VqgenError, match="image_sise"):
+        training_data(tmp_path)

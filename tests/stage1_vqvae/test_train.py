@@ -1,4 +1,9 @@
+import dataclasses
 import json
+import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from stage1_vqvae.model import load_tokenizer
+from stage1_vqvae.model import load_tokenizer, training_data
 from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask, train_tokenizer
 from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
@@ -57,7 +62,22 @@ def test_training_writes_model_metrics_and_previews(tmp_path, fmnist_available):
     assert -1 <= val[-1]["val/ssim"] <= 1 and val[-1]["val/psnr"] > 0
     assert (tmp_path / "recon_step_3.png").is_file() and (tmp_path / "recon_step_6.png").is_file()
     extras = json.loads((model_dir / "vqgen_tokenizer.json").read_text())
-    assert extras["val"]["val/usage"] == val[-1]["val/usage"] and extras["data"]["image_size"] == 16
+    assert extras["val"]["val/usage"] == val[-1]["val/usage"] and extras["skipped"] == {"train": 0, "val": 0}
+    assert training_data(tmp_path) == config().data
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, fmnist_available):
+    script = Path(__file__).parent / "bf16_tokenizer_script.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "bf16")], env=env, check=True, timeout=120)
+    train_tokenizer(config(train=dataclasses.replace(TRAIN, steps=3, eval_every=3, save_every=3)), tmp_path / "fp32")
+    bf16, fp32 = ([r["train/loss"] for r in records(tmp_path / run) if "train/loss" in r] for run in ("bf16", "fp32"))
+    assert len(bf16) == 3 and all(math.isfinite(x) for x in bf16)
+    assert bf16 != fp32, "autocast did not change anything"
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.05)
+    weights = load_file(tmp_path / "bf16" / "model" / "model.safetensors")  # autocast keeps weights float32
+    assert all(t.dtype != torch.bfloat16 for t in weights.values())
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
 def test_killed_then_resumed_run_equals_an_uninterrupted_one(tmp_path, fmnist_available):
