@@ -4,7 +4,8 @@
                                codes  uint16 Array2D (h, w) (uint32 when K > 65535)
                                label  int64, -1 when the data set is unlabelled
                                index  int64, position of the source image in its split
-    CODES/vqgen_codes.json     CodeGridMeta below (format_version 1)
+    CODES/vqgen_codes.json     CodeGridMeta below (format_version 1); "data" holds the whole DataConfig,
+                               so `load_images(DataConfig(**meta.data), split)[index]` is a row's image
 
 Images are encoded once, as LlamaGen's `extract_codes_c2i.py` does, so stage 2 never touches pixels.
 Under `accelerate launch` every process encodes a contiguous shard of each split; the main process
@@ -14,9 +15,8 @@ joins the shards in order, so the rows equal a one-process dump.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -28,12 +28,11 @@ from tqdm.auto import tqdm
 
 import vqgen
 from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
+from vqgen.config import to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
 from vqgen.runs import atomic_path, read_json, sha256_file, write_json
-
-logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_FILE = "vqgen_codes.json"
@@ -53,6 +52,9 @@ class CodeGridMeta:
     tokenizer_sha256: str  # sha256 of the tokenizer's model.safetensors
     tokenizer_path: str
     vqgen_version: str
+    # Added within format 1; folders written before read back with these empty.
+    data: dict = field(default_factory=dict)  # the DataConfig the images came from (maps `index` to an image)
+    skipped: dict[str, int] = field(default_factory=dict)  # unreadable images data.skip_bad dropped, per split
 
 
 def code_dtype(codebook_size: int) -> str:
@@ -75,7 +77,7 @@ def dump_codes(tokenizer_path: str | Path, data: DataConfig, out: str | Path, sp
     tokenizer = load_tokenizer(tokenizer_path).to(state.device)
     sets = {split: load_images(data, split) for split in splits}
     for images in sets.values():
-        _check_fits(tokenizer, images, data)
+        _check_fits(tokenizer_path, tokenizer, images, data)
     grid = (data.image_size // tokenizer.downsample_factor,) * 2
     staging = out.with_name(f".{out.name}.shards")
     if state.is_main_process:
@@ -85,28 +87,34 @@ def dump_codes(tokenizer_path: str | Path, data: DataConfig, out: str | Path, sp
         _write_shard(tokenizer, images, grid, staging / split / f"rank_{state.process_index:05d}", batch_size, state)
     state.wait_for_everyone()
     if state.is_main_process:
-        first = next(iter(sets.values()))
-        meta = CodeGridMeta(
-            FORMAT_VERSION, tokenizer.config.codebook_size, grid[0], grid[1], data.image_size, first.channels,
-            first.num_classes, data.spec, {split: len(images) for split, images in sets.items()},
-            tokenizer_sha256(tokenizer_path), str(tokenizer_folder(tokenizer_path).resolve()), vqgen.__version__,
-        )
-        _join_shards(staging, out, meta)
+        _join_shards(staging, out, _meta(tokenizer_path, tokenizer, sets, data, grid))
         shutil.rmtree(staging, ignore_errors=True)
     state.wait_for_everyone()
     return out
 
 
-def _check_fits(tokenizer: VQVAE, images: ImageDataset, data: DataConfig) -> None:
-    cfg = tokenizer.config
-    if images.channels != cfg.in_channels or data.image_size % tokenizer.downsample_factor:
-        raise VqgenError(
-            f"data '{data.spec}': {images.channels}-channel {data.image_size}px images do not fit this tokenizer "
-            f"({cfg.in_channels} channels, sizes multiple of {tokenizer.downsample_factor}); set data.channels "
-            f"and data.image_size as in training ({cfg.image_size}px)"
-        )
-    if data.image_size != cfg.image_size:
-        logger.warning("encoding %dpx images with a tokenizer trained on %dpx", data.image_size, cfg.image_size)
+def _meta(tokenizer_path: str | Path, tokenizer: VQVAE, sets: dict[str, ImageDataset], data: DataConfig,
+          grid: tuple[int, int]) -> CodeGridMeta:
+    first = next(iter(sets.values()))
+    return CodeGridMeta(
+        FORMAT_VERSION, tokenizer.config.codebook_size, grid[0], grid[1], data.image_size, first.channels,
+        first.num_classes, data.spec, {split: len(images) for split, images in sets.items()},
+        tokenizer_sha256(tokenizer_path), str(tokenizer_folder(tokenizer_path).resolve()), vqgen.__version__,
+        data=to_dict(data), skipped={split: images.skipped for split, images in sets.items()},
+    )
+
+
+def _check_fits(tokenizer_path: str | Path, tokenizer: VQVAE, images: ImageDataset, data: DataConfig) -> None:
+    """Refuse images other than those the tokenizer was trained on: a tokenizer runs on other sizes,
+    but its grids would not match the ones the prior and the decoder expect."""
+    cfg, config_file = tokenizer.config, tokenizer_folder(tokenizer_path) / "config.json"
+    for name, got, trained in (("channels", images.channels, cfg.in_channels),
+                               ("image_size", data.image_size, cfg.image_size)):
+        if got != trained:
+            raise VqgenError(
+                f"{config_file}: the tokenizer was trained on {name}={trained} but data '{data.spec}' gives "
+                f"{name}={got}; set data.{name}={trained} (the tokenizer's training data settings)"
+            )
 
 
 def _features(grid: tuple[int, int], codebook_size: int) -> datasets.Features:
@@ -160,7 +168,9 @@ def read_meta(codes_dir: str | Path) -> CodeGridMeta:
         raise VqgenError(f"{codes_dir}: code-grid folder not found; run `vqgen dump-codes` first or fix the path")
     raw = read_json(path, "code-grid metadata (written by `vqgen dump-codes`)")
     fields = [f.name for f in dataclasses.fields(CodeGridMeta)]
-    missing = [name for name in fields if name not in raw]
+    required = [f.name for f in dataclasses.fields(CodeGridMeta)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
     if missing:
         raise VqgenError(f"{path}: field '{missing[0]}' is missing; the folder is incomplete, re-run `vqgen dump-codes`")
     if raw["format_version"] != FORMAT_VERSION:
@@ -168,7 +178,7 @@ def read_meta(codes_dir: str | Path) -> CodeGridMeta:
             f"{path}: format_version={raw['format_version']} but this vqgen reads {FORMAT_VERSION}; "
             "re-run `vqgen dump-codes` with this version"
         )
-    return CodeGridMeta(**{name: raw[name] for name in fields})
+    return CodeGridMeta(**{name: raw[name] for name in fields if name in raw})
 
 
 class CodeGrids(Dataset):
@@ -191,7 +201,8 @@ class CodeGrids(Dataset):
 
 
 def load_codes(codes_dir: str | Path, split: str, expect_tokenizer_sha256: str | None = None) -> CodeGrids:
-    """Split `split` of the code-grid folder `codes_dir`, checked against its metadata (and tokenizer)."""
+    """Split `split` of the code-grid folder `codes_dir`, checked against its metadata and tokenizer:
+    `expect_tokenizer_sha256` when given, else the file at the stored tokenizer_path when it still exists."""
     meta = read_meta(codes_dir)
     meta_path = Path(codes_dir) / META_FILE
     if expect_tokenizer_sha256 is not None and expect_tokenizer_sha256 != meta.tokenizer_sha256:
@@ -200,12 +211,26 @@ def load_codes(codes_dir: str | Path, split: str, expect_tokenizer_sha256: str |
             f"({expect_tokenizer_sha256[:12]}...); re-run `vqgen dump-codes` with this tokenizer or use the one "
             f"the codes were made with ({meta.tokenizer_path})"
         )
+    if expect_tokenizer_sha256 is None:
+        _check_tokenizer_unchanged(meta, meta_path, Path(codes_dir))
     folder = Path(codes_dir) / split
     if split not in meta.splits or not folder.is_dir():
         raise VqgenError(f"{folder}: split '{split}' not found (has {', '.join(meta.splits)}); dump it with `vqgen dump-codes`")
     table = datasets.load_from_disk(str(folder))
     _check_table(table, meta, meta_path, split)
     return CodeGrids(table, meta)
+
+
+def _check_tokenizer_unchanged(meta: CodeGridMeta, meta_path: Path, codes_dir: Path) -> None:
+    """The tokenizer at tokenizer_path must still be the one that made the codes: one retrained in
+    place would decode them into noise. A tokenizer folder moved away is not checked (nothing to compare)."""
+    weights = Path(meta.tokenizer_path) / "model.safetensors"
+    if not weights.is_file() or sha256_file(weights) == meta.tokenizer_sha256:
+        return
+    raise VqgenError(
+        f"{meta_path}: tokenizer_sha256 does not match {weights}, which changed after the codes were dumped "
+        f"(retrained in place?); dump the codes again: vqgen dump-codes --tokenizer {meta.tokenizer_path} --out {codes_dir}"
+    )
 
 
 def _check_table(table: datasets.Dataset, meta: CodeGridMeta, meta_path: Path, split: str) -> None:

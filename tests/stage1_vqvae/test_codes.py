@@ -1,11 +1,15 @@
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import vqgen
 from stage1_vqvae.codes import (
     META_FILE,
     code_dtype,
@@ -16,14 +20,15 @@ from stage1_vqvae.codes import (
     tokenizer_sha256,
 )
 from stage1_vqvae.model import VQVAE, VQVAEConfig, load_tokenizer
+from vqgen.config import to_dict
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
 
 DATA = DataConfig(image_size=16, max_images=37)  # 37: batches of 8 leave a remainder
 
 
-def make_tokenizer(folder: Path, codebook_size: int = 16) -> Path:
-    torch.manual_seed(0)
+def make_tokenizer(folder: Path, codebook_size: int = 16, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
     cfg = VQVAEConfig(base_channels=8, channel_mult=(1, 2), code_dim=4, codebook_size=codebook_size, image_size=16,
                       kmeans_init=codebook_size < 1000)
     model = VQVAE(cfg)
@@ -71,10 +76,56 @@ def test_metadata_fields(dumped):
     assert meta.data_spec == "fashion-mnist" and meta.splits == {"train": 37, "val": 37}
     assert meta.tokenizer_sha256 == tokenizer_sha256(tokenizer_dir)
     assert Path(meta.tokenizer_path) == tokenizer_dir.resolve()
+    assert meta.vqgen_version == vqgen.__version__
+    assert meta.data == to_dict(DATA) and meta.skipped == {"train": 0, "val": 0}
     assert load_codes(codes_dir, "val").meta == meta
     stored = datasets.load_from_disk(str(codes_dir / "train")).features
     assert stored["codes"] == datasets.Array2D((8, 8), "uint16")
     assert not list(codes_dir.parent.glob(".codes*"))  # no staging or temporary folders left behind
+
+
+def test_metadata_maps_index_back_to_the_source_image(dumped):
+    tokenizer = load_tokenizer(dumped[0])
+    meta, table = read_meta(dumped[1]), datasets.load_from_disk(str(dumped[1] / "val"))
+    images = load_images(DataConfig(**meta.data), "val")
+    row = table[20]
+    assert torch.equal(tokenizer.encode(images[row["index"]]["image"][None])[0], torch.as_tensor(row["codes"]).long())
+
+
+def test_grids_are_memory_mapped_from_the_folder(dumped):
+    files = load_codes(dumped[1], "train").table.cache_files
+    assert files, "loaded into memory instead of memory-mapped"
+    for f in files:
+        path = Path(f["filename"])
+        assert path.parent == (dumped[1] / "train").resolve() and path.stat().st_size > 0
+
+
+def test_folders_from_before_data_and_skipped_still_read(dumped, tmp_path):
+    old = copy_with_meta(dumped[1], tmp_path / "old")
+    meta = json.loads((old / META_FILE).read_text())
+    (old / META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k not in ("data", "skipped")}))
+    assert read_meta(old).data == {} and len(load_codes(old, "val")) == 37
+
+
+def _write_gray_folder(root: Path, n: int) -> None:
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L").save(root / f"{i:02d}.png")
+    (root / "broken.png").write_bytes(b"not a png")
+
+
+def test_unlabelled_dump_with_skipped_images(dumped, tmp_path):
+    _write_gray_folder(tmp_path / "images", 11)
+    data = DataConfig(spec=f"folder:{tmp_path / 'images'}", image_size=16, val_fraction=0.25, skip_bad=True)
+    codes_dir = dump_codes(dumped[0], data, tmp_path / "codes", batch_size=4)
+    meta = read_meta(codes_dir)
+    assert meta.num_classes == 0 and sum(meta.splits.values()) == 11
+    assert meta.skipped == {s: load_images(data, s).skipped for s in ("train", "val")}
+    assert sum(meta.skipped.values()) == 1 and meta.data["skip_bad"] is True
+    for split in ("train", "val"):
+        labels = [int(item["label"]) for item in load_codes(codes_dir, split)]
+        assert labels and set(labels) == {-1}
 
 
 @pytest.mark.parametrize("k, dtype", [(2, "uint16"), (65535, "uint16"), (65536, "uint32"), (70000, "uint32")])
@@ -94,6 +145,21 @@ def test_tokenizer_hash_mismatch_names_file_field_and_fix(dumped):
     with pytest.raises(VqgenError, match=rf"{META_FILE}: tokenizer_sha256 .* re-run `vqgen dump-codes`"):
         load_codes(dumped[1], "train", expect_tokenizer_sha256="f" * 64)
     load_codes(dumped[1], "train", expect_tokenizer_sha256=tokenizer_sha256(dumped[0]))
+
+
+def test_a_tokenizer_retrained_in_place_is_refused_and_a_moved_one_is_not_checked(dumped, tmp_path):
+    tokenizer = tmp_path / "tok"
+    shutil.copytree(dumped[0], tokenizer)
+    codes = copy_with_meta(dumped[1], tmp_path / "codes", tokenizer_path=str(tokenizer))
+    load_codes(codes, "train")  # the same weights: accepted
+    make_tokenizer(tokenizer, seed=1)  # "retrained" in place after the dump
+    with pytest.raises(VqgenError) as err:
+        load_codes(codes, "val")
+    message = str(err.value)
+    assert f"{codes / META_FILE}: tokenizer_sha256 does not match {tokenizer / 'model.safetensors'}" in message
+    assert "dump the codes again" in message and "\n" not in message
+    tokenizer.rename(tmp_path / "moved")  # nothing left to compare with: read without a check
+    assert len(load_codes(codes, "val")) == 37
 
 
 def copy_with_meta(codes_dir: Path, dest: Path, **changes) -> Path:
@@ -146,9 +212,16 @@ def test_decode_equals_decode_codes(dumped):
     assert torch.allclose(decode(codes, tokenizer, batch_size=3), images, atol=1e-5)
 
 
-def test_data_that_does_not_fit_the_tokenizer_is_refused(dumped, tmp_path):
-    with pytest.raises(VqgenError, match="3-channel"):
-        dump_codes(dumped[0], DataConfig(image_size=16, max_images=4, channels=3), tmp_path / "c")
+@pytest.mark.parametrize(
+    "changes, field", [({"channels": 3}, "channels"), ({"image_size": 32}, "image_size"), ({"image_size": 8}, "image_size")]
+)
+def test_data_that_does_not_fit_the_tokenizer_is_refused(dumped, tmp_path, changes, field):
+    # Another image size would still encode, into grids of another shape than the tokenizer's own.
+    trained = {"channels": 1, "image_size": 16}[field]
+    with pytest.raises(VqgenError, match=rf"config.json: the tokenizer was trained on {field}={trained} .* "
+                                         rf"set data.{field}={trained}"):
+        dump_codes(dumped[0], DataConfig(**{"image_size": 16, "max_images": 4, **changes}), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow
