@@ -79,7 +79,14 @@ def test_beta_multiplies_the_encoder_term(ema, lookup_dim):
     torch.testing.assert_close(grad_z, expected)
     if not ema:  # the codebook term moves the codebook only, and the commitment term never does
         grad_z, grad_e = torch.autograd.grad(out.losses["codebook"], [z, q.embed], allow_unused=True)
-        assert grad_z is None and grad_e.abs().sum() > 0
+        assert grad_z is None
+        # ||sg(z) - e||^2 / n with no beta: each code gets 2 (e - z) / n from every vector it serves
+        # (through the l2 normalisation when lookup_dim > 0). taming's legacy=True would scale this by beta.
+        per_vector = 2 * (e - z_l).detach() / z_l.numel()
+        per_code = torch.zeros_like(codebook).index_add_(0, out.indices.flatten(), per_vector)
+        (expected_e,) = torch.autograd.grad(q.codebook, q.embed, per_code)
+        assert grad_e.abs().sum() > 0
+        torch.testing.assert_close(grad_e, expected_e)
         (grad_e,) = torch.autograd.grad(out.losses["commitment"], [q.embed], allow_unused=True)
         assert grad_e is None
 
