@@ -83,6 +83,8 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     prior, tokenizer = load_prior(prior_dir), load_tokenizer(tokenizer_dir)
     settings = {**dataclasses.asdict(cfg), "tokenizer_sha256": check_pair(prior, Path(prior_dir), tokenizer),
                 "prior_sha256": sha256_file(prior_folder(prior_dir) / "model.safetensors")}
+    if cfg.per_class > 0:
+        settings["n"] = None  # ignored: the count is per_class x classes
     check_config(cfg, prior.meta.num_classes, source=str(prior_folder(prior_dir)))
     labels = plan_labels(cfg, prior.meta.num_classes)
     if state.is_main_process:

@@ -10,6 +10,7 @@ its own random stream (`SampleNoise`) so that samples do not depend on the batch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -54,11 +55,14 @@ class SampleConfig:
 
 def check_config(cfg: SampleConfig, num_classes: int, source: str) -> None:
     """Raise VqgenError for settings the prior at `source` cannot honour."""
-    if cfg.temperature < 0 or cfg.top_k < 0 or not 0 < cfg.top_p <= 1 or cfg.batch_size < 1:
+    if not (cfg.temperature >= 0 and math.isfinite(cfg.temperature)) or cfg.top_k < 0 or not 0 < cfg.top_p <= 1 \
+            or cfg.batch_size < 1 or not math.isfinite(cfg.cfg_scale):
         raise VqgenError(
-            "sample: need temperature >= 0, top_k >= 0, 0 < top_p <= 1 and batch_size >= 1; "
-            f"got {cfg.temperature}, {cfg.top_k}, {cfg.top_p}, {cfg.batch_size}"
+            "sample: need a finite temperature >= 0, top_k >= 0, 0 < top_p <= 1, batch_size >= 1 and a finite "
+            f"cfg_scale; got {cfg.temperature}, {cfg.top_k}, {cfg.top_p}, {cfg.batch_size}, {cfg.cfg_scale}"
         )
+    if cfg.per_class < 0 or (cfg.per_class == 0 and cfg.n < 1):
+        raise VqgenError(f"sample: need n >= 1 (or per_class >= 1); got n={cfg.n}, per_class={cfg.per_class}")
     if cfg.kv_cache not in KV_CACHES:
         raise VqgenError(f"sample.kv_cache: '{cfg.kv_cache}' is not one of {', '.join(KV_CACHES)}")
     if num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.classes not in (None, [UNCOND])):

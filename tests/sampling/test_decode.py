@@ -20,9 +20,10 @@ K, N, GRID = 16, 3, 4
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def save_tokenizer(folder: Path, codebook_size: int = K) -> Path:
+def save_tokenizer(folder: Path, codebook_size: int = K, image_size: int = 8) -> Path:
     torch.manual_seed(0)
-    config = VQVAEConfig(image_size=8, base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=codebook_size)
+    config = VQVAEConfig(image_size=image_size, base_channels=8, channel_mult=(1, 2), code_dim=8,
+                         codebook_size=codebook_size)
     VQVAE(config).save_pretrained(folder)
     return folder
 
@@ -98,6 +99,18 @@ def test_mismatched_codebook_is_refused(tmp_path, pair):
     other = save_tokenizer(tmp_path / "other", codebook_size=32)
     with pytest.raises(VqgenError, match="K=16"):
         sample(pair[0], other, SampleConfig(n=1), tmp_path / "s")
+
+
+def test_mismatched_grid_is_refused(tmp_path, pair):
+    other = save_tokenizer(tmp_path / "other", image_size=16)  # same K, an 8x8 grid instead of 4x4
+    with pytest.raises(VqgenError, match="4x4 grid"):
+        sample(pair[0], other, SampleConfig(n=1), tmp_path / "s")
+
+
+def test_per_class_rerun_ignores_n(tmp_path, pair):
+    sample(pair[0], pair[1], SampleConfig(per_class=1, n=5), tmp_path / "s")
+    out = sample(pair[0], pair[1], SampleConfig(per_class=1, n=64), tmp_path / "s")  # n plays no part
+    assert png_names(out) == ["000000_c0.png", "000001_c1.png", "000002_c2.png"]
 
 
 @pytest.mark.parametrize(

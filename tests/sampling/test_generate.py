@@ -142,6 +142,11 @@ def test_plan_labels(cfg, num_classes, expected):
         (SampleConfig(classes=[0]), 0, "unconditional"),
         (SampleConfig(top_p=0.0), 3, "top_p"),
         (SampleConfig(kv_cache="paged"), 3, "kv_cache"),
+        (SampleConfig(n=0), 3, "n >= 1"),
+        (SampleConfig(n=-2), 3, "n >= 1"),
+        (SampleConfig(per_class=-1), 3, "per_class"),
+        (SampleConfig(temperature=float("nan")), 3, "finite temperature"),
+        (SampleConfig(cfg_scale=float("inf")), 3, "cfg_scale"),
     ],
 )
 def test_check_config_rejects(cfg, num_classes, match):
