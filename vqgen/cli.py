@@ -34,6 +34,15 @@ COMMANDS: dict[str, str] = {
     "pipeline": "tokenizer -> codes -> prior -> samples -> eval, resumable",
 }
 
+# What to do after Ctrl-C: training resumes from its last checkpoint, sampling and the pipeline
+# from their finished parts; the rest write atomically, so a rerun simply starts over.
+RESUME_HINT: dict[str, str] = {
+    **{name: "run it again with --resume to continue from the last checkpoint"
+       for name in ("train-tokenizer", "train-prior", "train-classifier")},
+    "sample": "run the same command again: finished images are kept and skipped",
+    "pipeline": "run the same command again: finished stages are skipped",
+}
+
 
 def configure_runtime() -> None:
     """Process-wide settings, set once here and nowhere else (no library sets flags at import)."""
@@ -61,9 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
     for name in ("train-tokenizer", "train-prior", "pipeline", "train-classifier"):
         p[name].add_argument("--config", type=Path, help="YAML settings (see configs/)")
+    for name in ("train-tokenizer", "train-prior", "train-classifier"):
         p[name].add_argument("--resume", action="store_true", help="continue the run in --out")
     for name in ("train-tokenizer", "dump-codes", "reconstruct", "fid-ref", "train-classifier"):
         p[name].add_argument("--data", help="data spec: fashion-mnist, mnist, cifar10, folder:PATH, hf:NAME")
+        p[name].add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them)")
     for name in COMMANDS:
         p[name].add_argument("--out", type=Path, required=name != "fid", help="output folder or file")
     for name in ("dump-codes", "reconstruct", "sample"):
@@ -137,7 +148,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> str:
 def _cmd_train_tokenizer(args, overrides):
     from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 
-    values = stage_settings(args.config, "tokenizer", overrides, {"data.spec": args.data})
+    values = stage_settings(args.config, "tokenizer", overrides, _data_flags(args))
     cfg = _settings(TokenizerRunConfig, values, str(args.config or "command line"))
     return f"tokenizer: {train_tokenizer(cfg, args.out, resume=args.resume)}"
 
@@ -162,8 +173,12 @@ def _cmd_reconstruct(args, overrides):
 def _data_config(args, overrides):
     from vqgen.data import DataConfig
 
-    values = stage_settings(None, "data", overrides, {"data.spec": getattr(args, "data", None)})
+    values = stage_settings(None, "data", overrides, _data_flags(args))
     return _settings(DataConfig, values.get("data", {}), "command line")
+
+
+def _data_flags(args) -> dict[str, Any]:
+    return {"data.spec": args.data, "data.skip_bad": True if args.skip_bad else None}
 
 
 def _cmd_train_prior(args, overrides):
@@ -179,15 +194,22 @@ def _cmd_train_prior(args, overrides):
 
 
 def _cmd_sample(args, overrides):
+    from sampling.decode import sample
     from sampling.generate import SampleConfig
-    from sampling.write import sample
 
-    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    classes = _class_ids(args.classes) if args.classes else None
     flags = {"n": args.n, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
              "cfg_scale": args.cfg_scale, "classes": classes, "per_class": args.per_class,
              "batch_size": args.batch_size, "seed": args.seed}
     cfg = _settings(SampleConfig, stage_settings(None, "sample", overrides, flags), "command line")
     return f"samples: {sample(args.prior, args.tokenizer, cfg, args.out)}"
+
+
+def _class_ids(text: str) -> list[int]:
+    try:
+        return [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise VqgenError(f"--classes '{text}': not a comma-separated list of class ids; write e.g. 0,3,7") from None
 
 
 def _cmd_fid_ref(args, overrides):
@@ -218,16 +240,16 @@ def _cmd_fid(args, overrides):
 def _cmd_train_classifier(args, overrides):
     from eval.classifier import ClassifierRunConfig, train_classifier
 
-    values = stage_settings(args.config, "classifier", overrides, {"data.spec": args.data})
+    values = stage_settings(args.config, "classifier", overrides, _data_flags(args))
     cfg = _settings(ClassifierRunConfig, values, str(args.config or "command line"))
     return f"classifier: {train_classifier(cfg, args.out, resume=args.resume)}"
 
 
 def _cmd_pipeline(args, overrides):
-    from vqgen.pipeline import PipelineConfig, run_pipeline
+    from vqgen.pipeline import pipeline_config, run_pipeline
 
     values = read_yaml(args.config) if args.config else {}
-    cfg = _settings(PipelineConfig, _merge(values, parse_overrides(overrides)), str(args.config or "command line"))
+    cfg = pipeline_config(_merge(values, parse_overrides(overrides)), str(args.config or "command line"))
     report = run_pipeline(cfg, args.out, inception_weights=args.inception_weights, echo=_echo)
     return f"report: {report}"
 
@@ -247,14 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         line = run(args, rest)
     except VqgenError as err:
+        _close_progress_bars()
         print(f"vqgen {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"vqgen {args.command}: interrupted; run it again with --resume to continue", file=sys.stderr)
+        _close_progress_bars()
+        print(f"vqgen {args.command}: interrupted; {RESUME_HINT.get(args.command, 'run it again')}", file=sys.stderr)
         return 130
     if _is_main_process():
         print(f"{line}  ({time.time() - started:.1f} s)")
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End a bar an error interrupted, so the error starts a line of its own."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def _is_main_process() -> bool:
