@@ -1,7 +1,7 @@
 # `make demo` and `make test` set everything up on a fresh machine.
 PY      := .venv/bin/python
 VENV_OK := .venv/.installed
-FMNIST  ?= /usr/share/datasets/fashion-mnist
+FMNIST  ?= $(or $(FMNIST_DIR),/usr/share/datasets/fashion-mnist)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PYTEST_ARGS ?=
 

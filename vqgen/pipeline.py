@@ -14,19 +14,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from eval.classifier import ClassifierRunConfig, train_classifier
 from eval.classifier_fid import classifier_fid
 from eval.fid import fid, fid_ref
 from eval.recon import reconstruct
-from sampling.decode import sample
+from sampling.decode import FREE_SETTINGS, sample
 from sampling.generate import SampleConfig
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 from stage2_prior.train import PriorRunConfig, train_prior
-from vqgen.config import dump_yaml
+from vqgen.config import apply, to_dict
 from vqgen.data import DataConfig, load_images
+from vqgen.errors import VqgenError
 from vqgen.report import write_run_report
-from vqgen.runs import MetricsLog, atomic_path, run_stage
+from vqgen.runs import MetricsLog, atomic_path, finished_record, run_stage
+
+# Sections whose own `data:` the pipeline sets from the top-level one: one data set serves every stage.
+SHARED_DATA = (("tokenizer",), ("eval", "classifier"))
+# Settings that change how a stage runs, not what it produces: a rerun may change them.
+RUNTIME_ONLY = {"train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "num_workers"),
+                "sample": FREE_SETTINGS}
 
 
 @dataclass
@@ -49,6 +58,49 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def pipeline_config(values: dict, source: str) -> PipelineConfig:
+    """The PipelineConfig of a YAML's values (with overrides merged in), its stages reading `data:`."""
+    for path in SHARED_DATA:
+        node = values
+        for key in path:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict) and "data" in node:
+            raise VqgenError(
+                f"{source}: {'.'.join(path)}.data: the pipeline uses one data set for every stage; "
+                "set it in the top-level data: section"
+            )
+    cfg = apply(PipelineConfig(), values, source=source)
+    classifier = dataclasses.replace(cfg.eval.classifier, data=cfg.data)
+    return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, data=cfg.data),
+                               eval=dataclasses.replace(cfg.eval, classifier=classifier))
+
+
+def resolved_yaml(cfg: PipelineConfig) -> str:
+    """config.yaml of a run: every setting, without the copies of `data:` (so it loads again)."""
+    values = to_dict(cfg)
+    del values["tokenizer"]["data"], values["eval"]["classifier"]["data"]
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def stage_settings(cfg: PipelineConfig, name: str) -> dict[str, Any]:
+    """What a stage's result depends on: a finished stage is reused only while these are unchanged."""
+    c = _without_runtime(to_dict(cfg))
+    ev = c["eval"]
+    return {"tokenizer": {"tokenizer": c["tokenizer"]}, "codes": {"data": c["data"]}, "prior": {"prior": c["prior"]},
+            "samples": {"sample": c["sample"]},
+            "reconstruct": {"data": c["data"], "recon_n": ev["recon_n"], "rfid_n": ev["rfid_n"]},
+            "fid": {k: ev[k] for k in ("inception_n", "ref_split", "ref_n")},
+            "classifier": {"classifier": ev["classifier"], "ref_split": ev["ref_split"]}}[name]
+
+
+def _without_runtime(values: Any) -> Any:
+    if not isinstance(values, dict):
+        return values
+    return {k: _without_runtime({kk: vv for kk, vv in v.items() if kk not in RUNTIME_ONLY[k]}
+                                if k in RUNTIME_ONLY and isinstance(v, dict) else v)
+            for k, v in values.items()}
+
+
 @dataclass
 class _Context:
     cfg: PipelineConfig
@@ -66,15 +118,18 @@ class _Context:
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, inception_weights: str | Path | None = None,
                  echo: Callable[[str], None] = lambda line: None) -> Path:
-    """Run (or resume) every stage into `out`; returns the path of report.md."""
+    """Run (or resume) every stage into `out`; returns the path of report.md. `cfg` comes from
+    `pipeline_config`, so the tokenizer and the classifier read the top-level `data:`."""
     ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None)
     ctx.out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(ctx.out / "config.yaml") as tmp:
-        tmp.write_text(dump_yaml(cfg))
     stages = _stages(ctx)
+    for name, _ in stages:  # refuse changed settings before config.yaml says they ran
+        finished_record(ctx.out, name, stage_settings(cfg, name))
+    with atomic_path(ctx.out / "config.yaml") as tmp:
+        tmp.write_text(resolved_yaml(cfg))
     records = {}
     for number, (name, body) in enumerate(stages, 1):
-        records[name] = run_stage(ctx.out, name, _timed(body, ctx))
+        records[name] = run_stage(ctx.out, name, _timed(body, ctx), settings=stage_settings(cfg, name))
         when = "done earlier" if records[name].get("skipped") else f"{records[name]['seconds']:.1f} s"
         echo(f"[{number}/{len(stages)}] {name:<11} {when}")
     return write_run_report(ctx.out, records)
@@ -107,8 +162,7 @@ def _last(log_path: Path, prefix: str) -> dict[str, float]:
 
 
 def _tokenizer(ctx: _Context) -> dict[str, Any]:
-    cfg = dataclasses.replace(ctx.cfg.tokenizer, data=ctx.cfg.data)
-    train_tokenizer(cfg, ctx.out / "tokenizer", resume=True)
+    train_tokenizer(ctx.cfg.tokenizer, ctx.out / "tokenizer", resume=True)
     return _last(ctx.out / "tokenizer" / "metrics.jsonl", "val/")
 
 
@@ -144,7 +198,6 @@ def _fid(ctx: _Context) -> dict[str, Any]:
 
 
 def _classifier(ctx: _Context) -> dict[str, Any]:
-    cfg = dataclasses.replace(ctx.cfg.eval.classifier, data=ctx.cfg.data)
-    model = train_classifier(cfg, ctx.out / "classifier", resume=True)
+    model = train_classifier(ctx.cfg.eval.classifier, ctx.out / "classifier", resume=True)
     scores = classifier_fid(model, ctx.samples, ctx.cfg.data, split=ctx.cfg.eval.ref_split)
     return {**scores, **_last(ctx.out / "classifier" / "metrics.jsonl", "val/")}

@@ -98,12 +98,46 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def run_stage(run_dir: Path, name: str, body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run `body` once: its result is recorded in `run_dir/stages/<name>.json` when it finishes,
-    and a later call with the same name returns the record instead of running it again."""
-    marker = run_dir / "stages" / f"{name}.json"
-    if marker.exists():
-        return {**read_json(marker), "skipped": True}
+def run_stage(run_dir: Path, name: str, body: Callable[[], dict[str, Any]],
+              settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run `body` once: its result is recorded in `run_dir/stages/<name>.json` with the `settings`
+    it ran with, and a later call with the same name returns that record instead of running again."""
+    record = finished_record(run_dir, name, settings)
+    if record is not None:
+        return {**record, "skipped": True}
     result = body()
-    write_json(marker, result)
+    write_json(_marker(run_dir, name), {**result, "settings": _as_stored(settings)} if settings is not None else result)
     return result
+
+
+def finished_record(run_dir: Path, name: str, settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The record of a finished stage, None if it has not finished. A stage finished with other
+    `settings` is refused: reusing it would report results of settings that never ran."""
+    marker = _marker(run_dir, name)
+    if not marker.exists():
+        return None
+    record = read_json(marker, "stage record")
+    done_with = record.pop("settings", None)
+    changed = _changed_keys(done_with, _as_stored(settings)) if None not in (done_with, settings) else []
+    if changed:
+        raise VqgenError(
+            f"{marker}: the {name} stage finished with other settings ({', '.join(changed[:4])}); "
+            f"pass a new --out, or delete {run_dir / name} and {marker} (and the later stages') to redo it"
+        )
+    return record
+
+
+def _marker(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / "stages" / f"{name}.json"
+
+
+def _as_stored(settings: dict[str, Any] | None) -> Any:
+    return json.loads(json.dumps(settings, default=str))  # tuples become lists, as in the JSON file
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts, old -> new."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(old.keys() | new.keys())
+                for k in _changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old} -> {new}"]

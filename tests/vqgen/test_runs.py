@@ -52,6 +52,15 @@ def test_run_stage_runs_once(tmp_path):
     assert len(calls) == 1
 
 
+def test_run_stage_refuses_a_stage_finished_with_other_settings(tmp_path):
+    body = lambda: {"seconds": 1.0}  # noqa: E731
+    run_stage(tmp_path, "prior", body, settings={"prior": {"train": {"steps": 8, "betas": (0.9, 0.95)}}})
+    again = run_stage(tmp_path, "prior", body, settings={"prior": {"train": {"steps": 8, "betas": (0.9, 0.95)}}})
+    assert again == {"seconds": 1.0, "skipped": True}  # the settings stay out of the record
+    with pytest.raises(VqgenError, match=r"prior\.train\.steps: 8 -> 9"):
+        run_stage(tmp_path, "prior", body, settings={"prior": {"train": {"steps": 9, "betas": (0.9, 0.95)}}})
+
+
 def test_sha256(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert sha256_file(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
