@@ -70,21 +70,21 @@ def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None 
 
 
 def save_side_by_side(tokenizer: VQVAE, data: DataConfig, path: Path, n: int = 64, cols: int = 8) -> None:
-    """Rows of `cols` val images, each row followed by the row of their reconstructions."""
+    """Rows of `cols` pairs: each val image, then its reconstruction at its right."""
     originals, recons = _image_pairs(tokenizer, data, "val", n)
     pairs = torch.stack([torch.cat(originals), torch.cat(recons)])
     count = pairs.shape[1] // cols * cols or pairs.shape[1]
     cols = min(cols, count)
-    grid = rearrange(pairs[:, :count], "two (rows cols) c h w -> (rows two cols) c h w", cols=cols)
+    grid = rearrange(pairs[:, :count], "two (rows cols) c h w -> (rows cols two) c h w", cols=cols)
     with atomic_path(path) as tmp:
-        save_image(grid.float() / 255.0, tmp, nrow=cols, padding=1)
+        save_image(grid.float() / 255.0, tmp, nrow=2 * cols, padding=1)
 
 
 def reconstruct(
     tokenizer: str | Path, data: DataConfig, out: str | Path, n: int = 64, weights: str | Path | None = None,
     rfid_n: int = 0,
 ) -> dict[str, Any]:
-    """`vqgen reconstruct`: OUT/reconstructions.png (n val images above their reconstructions) and
+    """`vqgen reconstruct`: OUT/reconstructions.png (n val images, each beside its reconstruction) and
     OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n)."""
     out = Path(out)
     model = load_tokenizer(tokenizer)

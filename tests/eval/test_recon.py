@@ -3,7 +3,10 @@ import json
 import pytest
 import torch
 
-from eval.recon import reconstruct, tokenizer_metrics
+import numpy as np
+from PIL import Image
+
+from eval.recon import _image_pairs, reconstruct, save_side_by_side, tokenizer_metrics
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from vqgen.data import DataConfig
 
@@ -21,6 +24,20 @@ def test_tokenizer_metrics_ranges(tokenizer_dir):
     m = tokenizer_metrics(model, DataConfig(max_images=6), batch_size=4)
     assert m["n_images"] == 6 and 0 < m["usage"] <= 100 and 1 <= m["perplexity"] <= 16
     assert -1 <= m["ssim"] <= 1 and m["psnr"] > 0
+
+
+def test_each_image_sits_beside_its_reconstruction(tokenizer_dir, tmp_path):
+    model = VQVAE.from_pretrained(tokenizer_dir).eval()
+    data = DataConfig(max_images=4)
+    save_side_by_side(model, data, tmp_path / "r.png", n=4, cols=2)
+    grid = np.asarray(Image.open(tmp_path / "r.png"))[..., 0]
+    originals, recons = (torch.cat(x)[:, 0].numpy() for x in _image_pairs(model, data, "val", 4))
+    assert grid.shape == (2 * 33 + 1, 4 * 33 + 1)  # 2 rows of 2 pairs, 32 px tiles, 1 px padding
+    tile = lambda row, col: grid[1 + 33 * row : 33 * (row + 1), 1 + 33 * col : 33 * (col + 1)]  # noqa: E731
+    for i in range(4):
+        row, pair = divmod(i, 2)
+        assert np.array_equal(tile(row, 2 * pair), originals[i])
+        assert np.array_equal(tile(row, 2 * pair + 1), recons[i])
 
 
 @pytest.mark.slow
