@@ -1,9 +1,8 @@
 import json
 
+import numpy as np
 import pytest
 import torch
-
-import numpy as np
 from PIL import Image
 
 from eval.recon import _image_pairs, reconstruct, save_side_by_side, tokenizer_metrics
