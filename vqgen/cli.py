@@ -156,7 +156,7 @@ def _cmd_train_tokenizer(args, overrides):
 def _cmd_dump_codes(args, overrides):
     from stage1_vqvae.codes import dump_codes
 
-    data = _data_config(args, overrides)
+    data = _data_config(args, overrides, tokenizer=args.tokenizer)
     splits = tuple(s for s in args.splits.split(",") if s)
     return f"codes: {dump_codes(args.tokenizer, data, args.out, splits=splits, batch_size=args.batch_size)}"
 
@@ -164,17 +164,22 @@ def _cmd_dump_codes(args, overrides):
 def _cmd_reconstruct(args, overrides):
     from eval.recon import reconstruct
 
-    data = _data_config(args, overrides)
+    data = _data_config(args, overrides, tokenizer=args.tokenizer)
     metrics = reconstruct(args.tokenizer, data, args.out, n=args.n, weights=args.inception_weights,
                           rfid_n=args.rfid_n)
     return "reconstruct: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
-def _data_config(args, overrides):
+def _data_config(args, overrides, tokenizer: Path | None = None):
+    """Data settings from the flags, on top of the tokenizer's own training data when there is one
+    (an image size or channel count other than the tokenizer's would only be refused later)."""
+    from stage1_vqvae.model import TRAINING_FILE, tokenizer_folder, training_data
     from vqgen.data import DataConfig
 
+    trained = tokenizer is not None and (tokenizer_folder(tokenizer) / TRAINING_FILE).is_file()
+    base = training_data(tokenizer) if trained else DataConfig()
     values = stage_settings(None, "data", overrides, _data_flags(args))
-    return _settings(DataConfig, values.get("data", {}), "command line")
+    return apply(base, values.get("data", {}), source="command line")
 
 
 def _data_flags(args) -> dict[str, Any]:

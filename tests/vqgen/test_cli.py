@@ -17,7 +17,7 @@ def folder(tmp_path_factory):
     """Two classes of 16x16 grey images: dark blobs and bright blobs."""
     root = tmp_path_factory.mktemp("images")
     rng = np.random.default_rng(0)
-    for label, (name, level) in enumerate((("dark", 60), ("bright", 190))):
+    for name, level in (("dark", 60), ("bright", 190)):
         (root / name).mkdir()
         for i in range(16):
             pixels = np.clip(rng.normal(level, 30, (16, 16)), 0, 255).astype(np.uint8)
@@ -38,12 +38,15 @@ def test_every_subcommand_end_to_end(tmp_path, folder, capsys):
                  *TRAIN]) == 0
     assert (tmp_path / "tok" / "model" / "model.safetensors").is_file()
 
-    assert main(["dump-codes", "--tokenizer", str(tmp_path / "tok"), *data, "--out", str(tmp_path / "codes")]) == 0
+    # dump-codes and reconstruct read the tokenizer's own data settings: no --data needed.
+    assert main(["dump-codes", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "codes")]) == 0
     meta = json.loads((tmp_path / "codes" / "vqgen_codes.json").read_text())
     assert meta["splits"] == {"train": 24, "val": 8} and (meta["grid_h"], meta["num_classes"]) == (8, 2)
+    assert main(["dump-codes", "--tokenizer", str(tmp_path / "tok"), "--data.image_size=32",
+                 "--out", str(tmp_path / "codes32")]) == 2
+    assert "image_size" in one_error_line(capsys, "dump-codes")
 
-    assert main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), *data, "--n", "4",
-                 "--out", str(tmp_path / "recon")]) == 0
+    assert main(["reconstruct", "--tokenizer", str(tmp_path / "tok"), "--n", "4", "--out", str(tmp_path / "recon")]) == 0
     assert (tmp_path / "recon" / "reconstructions.png").is_file()
 
     assert main(["train-prior", "--codes", str(tmp_path / "codes"), "--arch", "gpt", "--preset", "demo",
