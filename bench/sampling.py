@@ -13,11 +13,15 @@
    trained one under runs/ when a demo run exists, else a random `demo`-preset GPT on the 8x8 grid
    of a random default (`small`) tokenizer.
 
+3. With `--device cuda`: images/s of token generation for 256-token grids at batch 64, without and
+   with guidance, the `small` preset in bf16 (the GPU figure of the sampling issue).
+
 Prints one JSON line and writes it to bench/results/sampling.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import platform
@@ -105,7 +109,40 @@ def images_per_second(repeats: int, n: int = 128) -> dict:
         return result
 
 
+@torch.no_grad()
+def batch64_images_per_second(device: str, repeats: int = 3, batch: int = 64) -> dict:
+    """Token generation images/s of the `small` GPT on 16x16 grids (256 tokens) at batch 64, without
+    and with guidance (which doubles the rows), on `device` in bf16 where it is a GPU."""
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = build_gpt("small", K, N, GRID, GRID).eval().to(device, dtype)
+    spec = GridSpec(PriorVocab(K, N), GRID, GRID)
+    labels, indices = torch.arange(batch) % N, list(range(batch))
+    result = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+              "dtype": str(dtype).removeprefix("torch."), "batch": batch, "tokens": GRID * GRID}
+    for name, scale in (("images_per_s", 1.0), ("images_per_s_cfg", 3.0)):
+        cfg = SampleConfig(seed=0, top_k=100, top_p=0.95, batch_size=batch, cfg_scale=scale)
+        generate_gpt(model, spec, labels, indices, cfg)  # warm-up
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            start = time.perf_counter()
+            generate_gpt(model, spec, labels, indices, cfg)
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        result[name] = round(batch / statistics.median(times), 1)
+    return result
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cuda: also time 256-token grids at batch 64 (bf16)")
+    args = parser.parse_args()
     # One thread: on a shared, oversubscribed CPU two OpenMP threads spin-wait each other and made
     # a cached decoding step ~7x slower; one thread gives stable figures for every variant.
     torch.set_num_threads(1)
@@ -117,6 +154,8 @@ def main() -> None:
         "kv_cache": time_variants(repeats=3),
         "demo": images_per_second(repeats=3),
     }
+    if args.device != "cpu":
+        record["batch64"] = batch64_images_per_second(args.device)
     write_json(RESULT, record)
     print(json.dumps(record, sort_keys=True))
 
