@@ -82,7 +82,9 @@ def count_codes(dataset: Dataset, codebook_size: int, batch_size: int = 1024, so
     """Code counts and the largest label, streamed batch by batch (never the whole split in memory)."""
     counts = torch.zeros(codebook_size, dtype=torch.float64)
     max_label = -1
-    for batch in DataLoader(dataset, batch_size=batch_size):
+    # A generator of its own: a loader draws its base seed from the global RNG otherwise, and the
+    # seeded model initialisation that follows must not depend on how many splits were counted.
+    for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
         codes = batch["codes"]
         if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
             raise VqgenError(
@@ -104,8 +106,13 @@ class PriorTask:
         self.vocab = PriorVocab(meta.codebook_size, meta.num_classes)
         self.train_set = load_codes(cfg.codes, "train")
         self.val_set = load_codes(cfg.codes, "val") if meta.splits.get("val", 0) > 0 else None
-        self.stats = count_codes(self.train_set, meta.codebook_size, source=str(Path(cfg.codes) / "vqgen_codes.json"))
-        _check_labels(cfg.codes, self.stats.max_label, meta.num_classes)
+        source = str(Path(cfg.codes) / "vqgen_codes.json")
+        self.stats = count_codes(self.train_set, meta.codebook_size, source=source)
+        _check_labels(cfg.codes, "train", self.stats.max_label, meta.num_classes)
+        if self.val_set is not None:
+            # Val labels too: N would silently become the unconditional token, more an IndexError.
+            val_stats = count_codes(self.val_set, meta.codebook_size, source=source)
+            _check_labels(cfg.codes, "val", val_stats.max_label, meta.num_classes)
         self.model = build_prior(cfg, self.vocab, meta.grid_h, meta.grid_w)
         self.run_config = {"stage": "prior", **dataclasses.asdict(cfg)}
 
@@ -152,11 +159,14 @@ class PriorTask:
         write_prior_meta(model_dir, prior_meta)
 
 
-def _check_labels(codes_dir: str, max_label: int, num_classes: int) -> None:
-    if max_label >= num_classes or (num_classes > 0 and max_label < 0):
+def _check_labels(codes_dir: str, split: str, max_label: int, num_classes: int) -> None:
+    # Unlabelled val rows (-1) are scored unconditionally; unlabelled training rows under N > 0 mean
+    # the metadata and the data disagree.
+    unlabelled = split == "train" and num_classes > 0 and max_label < 0
+    if max_label >= num_classes or unlabelled:
         raise VqgenError(
-            f"{Path(codes_dir) / 'vqgen_codes.json'}: num_classes is {num_classes} but the training labels reach "
-            f"{max_label}; re-dump the codes (vqgen dump-codes) so metadata and data agree"
+            f"{Path(codes_dir) / split}: the label field reaches {max_label} but num_classes is {num_classes} in "
+            f"{Path(codes_dir) / 'vqgen_codes.json'}; re-dump the codes (vqgen dump-codes) so metadata and data agree"
         )
 
 

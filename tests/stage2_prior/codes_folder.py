@@ -18,13 +18,19 @@ def shifted_grids(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.uint16), shifts.astype(np.int64)
 
 
-def write_codes(folder: Path, n_train: int = 256, n_val: int = 64, labelled: bool = True, **meta_changes) -> Path:
+def write_codes(
+    folder: Path, n_train: int = 256, n_val: int = 64, labelled: bool = True, val_label: int | None = None,
+    **meta_changes,
+) -> Path:
+    """`val_label`, if given, replaces every val label (to write labels the metadata does not allow)."""
     features = datasets.Features(
         {"codes": datasets.Array2D((H, W), "uint16"), "label": datasets.Value("int64"), "index": datasets.Value("int64")}
     )
     for split, n, seed in (("train", n_train, 0), ("val", n_val, 1)):
         codes, labels = shifted_grids(n, seed)
         labels = labels if labelled else np.full(n, -1, dtype=np.int64)
+        if split == "val" and val_label is not None:
+            labels = np.full(n, val_label, dtype=np.int64)
         data = {"codes": list(codes), "label": labels, "index": np.arange(n, dtype=np.int64)}
         datasets.Dataset.from_dict(data, features=features).save_to_disk(str(folder / split))
     meta = {
