@@ -37,13 +37,17 @@ def test_pipeline_end_to_end_then_resume(tmp_path, capsys, fmnist_available):
     for name in ("config.yaml", "report.md", "curves.png", "reconstructions.png", "samples/grid.png",
                  "tokenizer/model/model.safetensors", "prior/model/vqgen_prior.json", "codes/vqgen_codes.json"):
         assert (out / name).is_file(), name
-    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"torch", "transformers", "accelerate", "python"} <= set(metrics["versions"])
+    assert metrics["machine"]["cpu_count"] >= 1 and "platform" in metrics["machine"]
+    summary = metrics["summary"]
     assert summary["inception_n_samples"] == 6 and summary["inception_fid"] > 0
     assert "unavailable" in summary["inception_is"]  # fid-helper's network has no logits
     assert summary["prior_bits_per_token"] > 0 and set(summary["stage_seconds"]) >= {"tokenizer", "fid"}
     assert any(k.startswith("classifier FID") for k in summary)
     report = (out / "report.md").read_text()
     assert "![samples](samples/grid.png)" in report and "N = 6" in report
+    assert "(reconstructions.png)" in report and "(curves.png)" in report
     # A finished stage is not reused for other settings, and config.yaml keeps what ran.
     config = (out / "config.yaml").read_text()
     assert main(["pipeline", "--config", "configs/fashion-mnist.yaml", "--out", str(out), *TOY,
