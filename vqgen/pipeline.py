@@ -93,12 +93,15 @@ def stage_settings(cfg: PipelineConfig, name: str) -> dict[str, Any]:
             "classifier": {"classifier": ev["classifier"], "ref_split": ev["ref_split"]}}[name]
 
 
-def _without_runtime(values: Any) -> Any:
-    if not isinstance(values, dict):
-        return values
-    return {k: _without_runtime({kk: vv for kk, vv in v.items() if kk not in RUNTIME_ONLY[k]}
-                                if k in RUNTIME_ONLY and isinstance(v, dict) else v)
-            for k, v in values.items()}
+def _without_runtime(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the RUNTIME_ONLY keys of any `train:` or `sample:` section, at any depth."""
+    kept = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            dropped = RUNTIME_ONLY.get(key, ())
+            value = _without_runtime({k: v for k, v in value.items() if k not in dropped})
+        kept[key] = value
+    return kept
 
 
 @dataclass
