@@ -18,10 +18,13 @@ hf source is decoded once to find them) and `ImageDataset.skipped` counts them.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
+import itertools
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,7 +251,7 @@ def _folder(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, 
     classes = _folder_classes(trees)
     paths = [paths[i] for i in chosen]
     labels = [classes[p.relative_to(base).parts[0]] if classes else -1 for p in paths]
-    channels = cfg.channels or _first_readable_channels(paths)
+    channels = cfg.channels or _first_readable_channels(functools.partial(_file_mode, p) for p in paths)
     skipped = 0
     if cfg.skip_bad:
         paths, labels, skipped = _drop_unreadable(paths, labels)
@@ -279,14 +282,19 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _first_readable_channels(paths: list[Path]) -> int:
-    for path in paths[:16]:
+def _first_readable_channels(modes: Iterable[Callable[[], str]]) -> int:
+    """1 or 3, from the PIL mode of the first of (up to 16) images that opens; 3 when none does."""
+    for mode in itertools.islice(modes, 16):
         try:
-            with Image.open(path) as im:
-                return _mode_channels(im.mode)
+            return _mode_channels(mode())
         except BAD_IMAGE:
             continue
     return 3
+
+
+def _file_mode(path: Path) -> str:
+    with Image.open(path) as im:
+        return im.mode
 
 
 def _mode_channels(mode: str) -> int:
@@ -351,7 +359,8 @@ def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Sou
     skipped = 0
     if cfg.skip_bad:
         rows, skipped = _readable_rows(ds, rows, name)
-    source = _HFSource(ds, rows, label_column, cfg.channels or _hf_channels(ds, rows), name)
+    hf_modes = (lambda row=int(row): ds[row]["image"].mode for row in rows)  # decoded on access
+    source = _HFSource(ds, rows, label_column, cfg.channels or _first_readable_channels(hf_modes), name)
     source.skipped = skipped
     return source, _hf_num_classes(loaded, label_column)
 
@@ -382,15 +391,6 @@ def _hf_num_classes(loaded, label_column: str | None) -> int:
     if getattr(feature, "num_classes", None):
         return feature.num_classes
     return 1 + max(int(max(d[label_column])) for d in loaded.values() if label_column in d.column_names and len(d))
-
-
-def _hf_channels(ds, rows: np.ndarray) -> int:
-    for row in rows[:16]:
-        try:
-            return _mode_channels(ds[int(row)]["image"].mode)
-        except BAD_IMAGE:
-            continue
-    return 3
 
 
 def _readable_rows(ds, rows: np.ndarray, name: str) -> tuple[np.ndarray, int]:
