@@ -12,38 +12,45 @@
 
 Every item is `{"image": (C, H, W) float in [-1, 1], "label": int64 (-1 when none), "index": int64}`.
 Where a source has no validation split, a deterministic one is cut from its training split.
-With `skip_bad`, unreadable images are dropped when the split is loaded (every image of a folder or
-hf source is decoded once to find them) and `ImageDataset.skipped` counts them.
+Folder and hf images are decoded by `vqgen.images` (16-bit scaling, alpha on white, EXIF
+orientation). Loading a split reads every image's header once: a bad image stops there, before any
+work, or with `skip_bad` is dropped (each image is then decoded in full to find them) and counted in
+`ImageDataset.skipped`. The channel count is the whole source's: 3 when any image of any split is
+colour, else 1, unless `channels` is set; the conversions are logged once per split.
 """
 
 from __future__ import annotations
 
-import functools
 import gzip
 import io
-import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch.utils.data import Dataset
 
 from vqgen.errors import VqgenError
+from vqgen.images import (
+    BAD_IMAGE,
+    ImageKind,
+    ImageSource,
+    UnusableImage,
+    conversion_notes,
+    image_kind,
+    read_pixels,
+    source_channels,
+)
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 DEBIAN_FMNIST = "/usr/share/datasets/fashion-mnist"
-# What PIL raises on a broken file: UnidentifiedImageError is an OSError, truncated data raises
-# OSError or ValueError, and some plugins (PNG's "broken PNG file") raise SyntaxError or EOFError.
-BAD_IMAGE = (OSError, ValueError, SyntaxError, EOFError)
 
 
 @dataclass
@@ -101,8 +108,9 @@ def load_images(cfg: DataConfig, split: str) -> ImageDataset:
 
 
 def to_model_range(pixels: torch.Tensor, size: int, channels: int, pad: bool) -> torch.Tensor:
-    """uint8 (C, h, w) -> float (channels, size, size) in [-1, 1]: pad or center-crop and resize."""
-    x = pixels.float() / 127.5 - 1.0
+    """uint8 (C, h, w), or float (C, h, w) in [0, 1] (16-bit and float files) -> float
+    (channels, size, size) in [-1, 1]: pad or center-crop and resize."""
+    x = pixels.float() / 127.5 - 1.0 if pixels.dtype == torch.uint8 else pixels.float() * 2.0 - 1.0
     if x.shape[0] != channels:
         # ITU-R 601 luma, the weights PIL's convert("L") uses.
         x = x.repeat(3, 1, 1) if channels == 3 else (x * torch.tensor([0.299, 0.587, 0.114])[:, None, None]).sum(0, True)
@@ -126,7 +134,7 @@ def deterministic_split(n: int, cfg: DataConfig, split: str) -> np.ndarray:
 
 
 class _Source:
-    """A split's raw pixels: `get(i)` -> (uint8 (C, h, w), label)."""
+    """A split's raw pixels: `get(i)` -> (uint8, or float in [0, 1], (C, h, w), label)."""
 
     channels = 3
     pad_by_default = False
@@ -215,21 +223,40 @@ class _FileSource(_Source):
         return len(self.paths)
 
     def get(self, i: int) -> tuple[torch.Tensor, int]:
-        return _read_image(self.paths[i], self.channels), self.labels[i]
+        try:
+            return read_pixels(self.paths[i], self.channels), self.labels[i]
+        except BAD_IMAGE as err:
+            raise _unreadable(str(self.paths[i]), err) from None
 
 
-def _read_image(path: Path, channels: int) -> torch.Tensor:
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    except BAD_IMAGE as err:
-        raise VqgenError(f"{path}: cannot read this image ({err}); fix or delete it, or pass --data.skip_bad=true") from None
-    return _to_chw(array)
+def _unreadable(name: str, err: Exception, others: int = 0) -> VqgenError:
+    """The one line for a bad image, `name` being its path or its hf split and row."""
+    reason = str(err) if isinstance(err, UnusableImage) else f"{type(err).__name__}: {err}"
+    more = f" (and {others} more bad images in this split)" if others else ""
+    return VqgenError(f"{name}: cannot read this image ({reason}){more}; fix or remove it, or pass --data.skip_bad=true")
 
 
-def _to_chw(array: np.ndarray) -> torch.Tensor:
-    """PIL's uint8 (h, w) or (h, w, C) array -> (C, h, w)."""
-    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+def _survey(
+    split: Iterable[ImageSource], others: Iterable[ImageSource], cfg: DataConfig, name_of: Callable[[int], str]
+) -> tuple[list[int], int, int]:
+    """Inspect every image of a split before any work: (the indices kept, how many skip_bad dropped,
+    the channel count). A bad image stops here unless skip_bad; with it, each image is decoded in
+    full to find them. `others` are the source's images outside this split, for the channel rule."""
+    kinds: dict[int, ImageKind] = {}
+    bad: list[tuple[int, Exception]] = []
+    for i, image in enumerate(split):
+        try:
+            kinds[i] = image_kind(image, decode=cfg.skip_bad)
+        except BAD_IMAGE as err:
+            bad.append((i, err))
+    if bad and not cfg.skip_bad:
+        raise _unreadable(name_of(bad[0][0]), bad[0][1], len(bad) - 1)
+    if bad:
+        logger.warning("%s: skipped %d unreadable images (data.skip_bad=true)", cfg.spec, len(bad))
+    channels = cfg.channels or source_channels(kinds.values(), others, cfg.skip_bad)
+    if notes := conversion_notes(list(kinds.values()), channels):
+        logger.info("%s: of %d images, %s", cfg.spec, len(kinds), notes)
+    return list(kinds), len(bad), channels
 
 
 def _folder(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, int]:
@@ -251,11 +278,10 @@ def _folder(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, 
     classes = _folder_classes(trees)
     paths = [paths[i] for i in chosen]
     labels = [classes[p.relative_to(base).parts[0]] if classes else -1 for p in paths]
-    channels = cfg.channels or _first_readable_channels(functools.partial(_file_mode, p) for p in paths)
-    skipped = 0
-    if cfg.skip_bad:
-        paths, labels, skipped = _drop_unreadable(paths, labels)
-    source = _FileSource(paths, labels, channels)
+    taken = set(paths)
+    others = (p for tree in trees.values() for p in tree if p not in taken)
+    kept, skipped, channels = _survey(paths, others, cfg, lambda i: str(paths[i]))
+    source = _FileSource([paths[i] for i in kept], [labels[i] for i in kept], channels)
     source.skipped = skipped
     return source, len(classes)
 
@@ -282,64 +308,43 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _first_readable_channels(modes: Iterable[Callable[[], str]]) -> int:
-    """1 or 3, from the PIL mode of the first of (up to 16) images that opens; 3 when none does."""
-    for mode in itertools.islice(modes, 16):
-        try:
-            return _mode_channels(mode())
-        except BAD_IMAGE:
-            continue
-    return 3
-
-
-def _file_mode(path: Path) -> str:
-    with Image.open(path) as im:
-        return im.mode
-
-
-def _mode_channels(mode: str) -> int:
-    return 1 if mode in ("1", "L", "I;16", "I", "F") else 3
-
-
-def _decodes(source) -> bool:
-    """Whether PIL can decode the image at `source` (a path or a file object) completely."""
-    try:
-        with Image.open(source) as im:
-            im.load()
-    except BAD_IMAGE:
-        return False
-    return True
-
-
-def _drop_unreadable(paths: list[Path], labels: list[int]) -> tuple[list[Path], list[int], int]:
-    kept = [(path, label) for path, label in zip(paths, labels) if _decodes(path)]
-    skipped = len(paths) - len(kept)
-    if skipped:
-        logger.warning("skipped %d unreadable images (data.skip_bad=true)", skipped)
-    return [path for path, _ in kept], [label for _, label in kept], skipped
-
-
 class _HFSource(_Source):
-    """Rows `rows` of one stored split of a `datasets` data set; a broken image names its row."""
+    """Rows `rows` of one stored split of a `datasets` data set whose image column is left undecoded
+    (`raw`), so that vqgen.images decodes it as it does files; a broken image names its row."""
 
-    def __init__(self, ds, rows: np.ndarray, label_column: str | None, channels: int, name: str):
-        self.ds, self.rows, self.label_column, self.channels, self.name = ds, rows, label_column, channels, name
+    def __init__(self, raw, rows: np.ndarray, label_column: str | None, channels: int, name: str):
+        self.raw, self.rows, self.label_column, self.channels, self.name = raw, rows, label_column, channels, name
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def get(self, i: int) -> tuple[torch.Tensor, int]:
         row = int(self.rows[i])
+        item = self.raw[row]
         try:
-            item = self.ds[row]
-            array = np.asarray(item["image"].convert("L" if self.channels == 1 else "RGB"))
+            pixels = read_pixels(_cell_image(item["image"]), self.channels)
         except BAD_IMAGE as err:
-            raise VqgenError(
-                f"{self.name} row {row}: cannot read this image ({type(err).__name__}: {err}); "
-                "fix or drop the row, or pass --data.skip_bad=true"
-            ) from None
+            raise _unreadable(f"{self.name} row {row}", err) from None
         label = int(item[self.label_column]) if self.label_column else -1
-        return _to_chw(array), label
+        return pixels, label
+
+
+def _cell_image(cell: dict) -> ImageSource:
+    """An undecoded `datasets.Image` cell: its stored bytes, else the path of its file."""
+    return io.BytesIO(cell["bytes"]) if cell["bytes"] else cell["path"]
+
+
+def _hf_images(raw, rows: Iterable[int]) -> Iterator[ImageSource]:
+    """The images of `rows`, read 1024 rows at a time."""
+    column, rows = raw.select_columns(["image"]), [int(row) for row in rows]
+    for start in range(0, len(rows), 1024):
+        yield from map(_cell_image, column[rows[start : start + 1024]]["image"])
+
+
+def _hf_others(raw: dict, stored: str, rows: np.ndarray) -> Iterator[ImageSource]:
+    """The images of every stored split outside `rows` of split `stored`."""
+    for name, split in raw.items():
+        yield from _hf_images(split, np.setdiff1d(np.arange(len(split)), rows) if name == stored else range(len(split)))
 
 
 def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, int]:
@@ -355,12 +360,16 @@ def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Sou
     ds, name = loaded[stored], f"hf:{arg} split '{stored}'"
     if "image" not in ds.column_names:
         raise VqgenError(f"hf:{arg}: no 'image' column (columns: {', '.join(ds.column_names)}); rename it to image")
+    if not isinstance(ds.features["image"], datasets.Image):
+        raise VqgenError(f"hf:{arg}: the 'image' column holds {type(ds.features['image']).__name__}, not images; "
+                         "cast it to datasets.Image()")
     label_column = next((c for c in ("label", "labels") if c in ds.column_names), None)
-    skipped = 0
-    if cfg.skip_bad:
-        rows, skipped = _readable_rows(ds, rows, name)
-    hf_modes = (lambda row=int(row): ds[row]["image"].mode for row in rows)  # decoded on access
-    source = _HFSource(ds, rows, label_column, cfg.channels or _first_readable_channels(hf_modes), name)
+    # Undecoded: a cheap cast that rewrites nothing, so vqgen.images sees every image's own bytes.
+    raw = {n: d.cast_column("image", datasets.Image(decode=False))
+           for n, d in loaded.items() if isinstance(d.features.get("image"), datasets.Image)}
+    kept, skipped, channels = _survey(_hf_images(raw[stored], rows), _hf_others(raw, stored, rows), cfg,
+                                      lambda i: f"{name} row {rows[i]}")
+    source = _HFSource(raw[stored], rows[kept], label_column, channels, name)
     source.skipped = skipped
     return source, _hf_num_classes(loaded, label_column)
 
@@ -392,19 +401,3 @@ def _hf_num_classes(loaded, label_column: str | None) -> int:
         return feature.num_classes
     return 1 + max(int(max(d[label_column])) for d in loaded.values() if label_column in d.column_names and len(d))
 
-
-def _readable_rows(ds, rows: np.ndarray, name: str) -> tuple[np.ndarray, int]:
-    """`rows` without those whose image PIL cannot decode (each image is decoded once), and the count."""
-    import datasets
-
-    # The undecoded column gives each image's stored bytes (or path); a cheap cast, nothing is rewritten.
-    raw = ds.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-    good = np.ones(len(rows), dtype=bool)
-    for start in range(0, len(rows), 1024):
-        cells = raw[rows[start : start + 1024].tolist()]["image"]
-        for j, cell in enumerate(cells):
-            good[start + j] = _decodes(io.BytesIO(cell["bytes"]) if cell["bytes"] else cell["path"])
-    skipped = int((~good).sum())
-    if skipped:
-        logger.warning("%s: skipped %d unreadable images (data.skip_bad=true)", name, skipped)
-    return rows[good], skipped
