@@ -267,10 +267,11 @@ class InceptionFeatures(nn.Module):
 
     num_features = NUM_FEATURES
 
-    def __init__(self, weights: str | Path | None = None, device: str | torch.device | None = None):
+    def __init__(self, weights: str | Path | WeightSource | None = None, device: str | torch.device | None = None):
         super().__init__()
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.weights = find_weights(weights)
+        # A WeightSource is one `find_weights` already checked (and hashed) while the inputs were.
+        self.weights = weights if isinstance(weights, WeightSource) else find_weights(weights)
         self.net, fc = _load_network(self.weights, device)
         empty = torch.zeros(0, NUM_FEATURES, device=device)
         self.register_buffer("fc", fc if fc is not None else empty, persistent=False)
@@ -327,4 +328,14 @@ def extract_features(
             bar.update(len(images))
     if not features:
         raise VqgenError(f"{desc}: no images to score; check the image folder or data spec")
-    return Extracted(torch.cat(features), torch.cat(logits) if logits else None)
+    extracted = Extracted(torch.cat(features), torch.cat(logits) if logits else None)
+    require_finite(extracted.features, f"{desc}: the Inception features of {model.weights.path}",
+                   "the weight file is damaged: delete it (or pass another --inception-weights)")
+    return extracted
+
+
+def require_finite(values: torch.Tensor, what: str, fix: str) -> None:
+    """Refuse NaN or inf features: FID would print them as a score (or crash the eigen-solver)."""
+    bad = int((~torch.isfinite(values)).any(dim=-1).sum())
+    if bad:
+        raise VqgenError(f"{what} hold NaN or inf for {bad} of {len(values)} images; {fix}")

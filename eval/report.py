@@ -7,10 +7,19 @@ reference images, the reference split and its class balance are written beside t
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from vqgen.errors import VqgenError
 from vqgen.runs import atomic_path, write_json
+
+REPORT_KEYS = ("fid", "network", "weights_sha", "reference")  # what every `vqgen fid` report holds
 
 
 def _fmt(value: Any) -> str:
@@ -62,15 +71,80 @@ def report_paths(out: str | Path) -> tuple[Path, Path]:
 def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen evaluation") -> Path:
     """The metrics as JSON and a Markdown report (scores, then the protocol) at `report_paths(out)`;
     returns the report's path. `metrics` is an `eval.fid.fid` result, optionally merged with
-    classifier and tokenizer metrics."""
+    classifier and tokenizer metrics. A failed write (a full disk, a path taken meanwhile) is one line."""
     json_path, md_path = report_paths(out)
-    write_json(json_path, metrics)
     text = "\n".join([
         f"# {title}", "", "| metric | value |", "|---|---|", *score_lines(metrics), "",
         "## Protocol", "", *protocol_lines(metrics), "",
         "Inception numbers (FID, KID, IS) and classifier numbers (\"classifier FID (<data> CNN)\") come from "
         "different networks and are never comparable with each other.", "",
     ])
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(text)
+    with written(json_path, "the report"):
+        write_json(json_path, metrics)
+        with atomic_path(md_path) as tmp:
+            tmp.write_text(text)
     return md_path
+
+
+def check_report_out(out: str | Path) -> None:
+    """Refuse, before any work, a `write_report` destination that cannot be written or holds files
+    that are not an earlier `vqgen fid` report (recognised by the keys of its JSON)."""
+    json_path, md_path = report_paths(out)
+    check_output_file(json_path, lambda p: json_has_keys(p, REPORT_KEYS), "a `vqgen fid` report")
+    check_output_file(md_path, lambda p: json_has_keys(json_path, REPORT_KEYS), "the Markdown of a `vqgen fid` report")
+
+
+@contextmanager
+def written(path: Path, what: str) -> Iterator[None]:
+    """An OSError while writing `path` becomes one line naming it: the work is done, only the file is lost."""
+    try:
+        yield
+    except OSError as err:
+        reason = f"{err.strerror}: {err.filename}" if err.strerror else str(err)
+        raise VqgenError(f"{path}: {what} could not be written ({reason}); "
+                         "free the space or pass another --out") from None
+
+
+def check_output_file(path: Path, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse, in one line, an output file that could not be written or must not be replaced: a
+    folder at its path, a missing parent that cannot be made, a folder that cannot be written, an
+    existing file that `ours` does not recognise as `what` (an earlier output of the same command),
+    or one marked read-only."""
+    if path.is_dir():
+        raise VqgenError(f"{path}: is a folder, and {what} is a file; pass another --out")
+    if path.exists() or path.is_symlink():
+        if not ours(path):
+            raise VqgenError(f"{path}: exists and is not {what}; vqgen replaces only its own outputs: "
+                             "move it away or pass another --out")
+        if not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            raise VqgenError(f"{path}: is read-only; make it writable (chmod u+w) or pass another --out")
+    _check_folder(path)
+
+
+def _check_folder(path: Path) -> None:
+    """The nearest existing folder above `path` must be a writable folder; where it is the parent,
+    a temporary file named as the writer will name its own is made and removed, which also finds a
+    read-only file system or a name too long."""
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise VqgenError(f"{folder}: is a file, so {path.parent} cannot be made; pass another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VqgenError(f"{folder}: this folder is not writable; pass another --out")
+    if folder == path.absolute().parent:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".tmp"):
+                pass
+        except OSError as err:
+            raise VqgenError(f"{path}: cannot be written ({err.strerror}); pass another --out") from None
+
+
+def json_has_keys(path: Path, keys: Collection[str]) -> bool:
+    """Whether `path` is a small JSON object holding every one of `keys` (how vqgen knows its own
+    files from a user's)."""
+    try:
+        if path.stat().st_size > 1 << 24:
+            return False
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and all(key in found for key in keys)
