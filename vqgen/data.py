@@ -237,14 +237,14 @@ def _unreadable(name: str, err: Exception, others: int = 0) -> VqgenError:
 
 
 def _survey(
-    split: Iterable[ImageSource], others: Iterable[ImageSource], cfg: DataConfig, name_of: Callable[[int], str]
+    images: Iterable[ImageSource], others: Iterable[ImageSource], cfg: DataConfig, split: str, name_of: Callable[[int], str]
 ) -> tuple[list[int], int, int]:
-    """Inspect every image of a split before any work: (the indices kept, how many skip_bad dropped,
+    """Inspect every image of `split` before any work: (the indices kept, how many skip_bad dropped,
     the channel count). A bad image stops here unless skip_bad; with it, each image is decoded in
     full to find them. `others` are the source's images outside this split, for the channel rule."""
     kinds: dict[int, ImageKind] = {}
     bad: list[tuple[int, Exception]] = []
-    for i, image in enumerate(split):
+    for i, image in enumerate(images):
         try:
             kinds[i] = image_kind(image, decode=cfg.skip_bad)
         except BAD_IMAGE as err:
@@ -252,10 +252,10 @@ def _survey(
     if bad and not cfg.skip_bad:
         raise _unreadable(name_of(bad[0][0]), bad[0][1], len(bad) - 1)
     if bad:
-        logger.warning("%s: skipped %d unreadable images (data.skip_bad=true)", cfg.spec, len(bad))
+        logger.warning("%s (%s): skipped %d unreadable images (data.skip_bad=true)", cfg.spec, split, len(bad))
     channels = cfg.channels or source_channels(kinds.values(), others, cfg.skip_bad)
     if notes := conversion_notes(list(kinds.values()), channels):
-        logger.info("%s: of %d images, %s", cfg.spec, len(kinds), notes)
+        logger.info("%s (%s): of %d images, %s", cfg.spec, split, len(kinds), notes)
     return list(kinds), len(bad), channels
 
 
@@ -280,7 +280,7 @@ def _folder(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Source, 
     labels = [classes[p.relative_to(base).parts[0]] if classes else -1 for p in paths]
     taken = set(paths)
     others = (p for tree in trees.values() for p in tree if p not in taken)
-    kept, skipped, channels = _survey(paths, others, cfg, lambda i: str(paths[i]))
+    kept, skipped, channels = _survey(paths, others, cfg, split, lambda i: str(paths[i]))
     source = _FileSource([paths[i] for i in kept], [labels[i] for i in kept], channels)
     source.skipped = skipped
     return source, len(classes)
@@ -367,7 +367,7 @@ def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Sou
     # Undecoded: a cheap cast that rewrites nothing, so vqgen.images sees every image's own bytes.
     raw = {n: d.cast_column("image", datasets.Image(decode=False))
            for n, d in loaded.items() if isinstance(d.features.get("image"), datasets.Image)}
-    kept, skipped, channels = _survey(_hf_images(raw[stored], rows), _hf_others(raw, stored, rows), cfg,
+    kept, skipped, channels = _survey(_hf_images(raw[stored], rows), _hf_others(raw, stored, rows), cfg, split,
                                       lambda i: f"{name} row {rows[i]}")
     source = _HFSource(raw[stored], rows[kept], label_column, channels, name)
     source.skipped = skipped

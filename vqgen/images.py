@@ -50,10 +50,10 @@ class ImageKind:
 
 def image_kind(source: ImageSource, decode: bool = False) -> ImageKind:
     """The kind of the image at `source`, from its header. decode=True also decodes it all, to find
-    a broken file; 16-bit and float images are always decoded, to check their range up front.
-    Raises one of BAD_IMAGE."""
+    a broken file; 32-bit integer and float images are always decoded, to check their range up
+    front. Raises one of BAD_IMAGE."""
     with _opened(source) as im:
-        if im.mode in WIDE_MODES:
+        if im.mode in ("I", "F"):  # the wide modes whose values can fall outside their range
             _wide_pixels(im)
         elif decode:
             im.load()
@@ -108,7 +108,7 @@ def _opened(source: ImageSource) -> Iterator[Image.Image]:
     except Image.DecompressionBombError as err:
         # Not an OSError: without this it escapes skip_bad as a traceback. MAX_IMAGE_PIXELS is
         # PIL's global guard, left as it is.
-        raise UnusableImage(f"too large to decode safely: {err} Resize it") from None
+        raise UnusableImage(f"too large to decode safely: {err} Resize it below that limit") from None
 
 
 def _wide_pixels(im: Image.Image) -> np.ndarray:

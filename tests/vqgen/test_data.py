@@ -348,7 +348,7 @@ def test_a_huge_image_is_named_or_skipped(tmp_path):
     with pytest.raises(VqgenError) as err:
         load_images(cfg, "train")
     message = str(err.value)
-    assert "huge.png" in message and "Resize it" in message and "skip_bad" in message and "\n" not in message
+    assert "huge.png" in message and "Resize it below" in message and "skip_bad" in message and "\n" not in message
     skipping = load_images(DataConfig(**{**cfg.__dict__, "skip_bad": True}), "train")
     assert skipping.skipped == 1 and all(skipping[i]["image"].shape == (3, 4, 4) for i in range(len(skipping)))
 
