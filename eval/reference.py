@@ -58,11 +58,11 @@ def save_ref(path: str | Path, stats: RefStats) -> None:
     arrays = {"mu": stats.mu, "sigma": stats.sigma}
     if stats.features is not None:
         arrays["features"] = stats.features
-    with written(path, "the reference statistics"):
+    with written(sidecar_of(path), "the sidecar of the reference statistics"):
         write_json(sidecar_of(path), stats.meta)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz" to the temp name
-                np.savez(f, **arrays)
+    with written(path, "the reference statistics"), atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object keeps numpy from appending ".npz" to the temp name
+            np.savez(f, **arrays)
 
 
 def load_ref(path: str | Path) -> RefStats:

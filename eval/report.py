@@ -79,10 +79,10 @@ def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen e
         "Inception numbers (FID, KID, IS) and classifier numbers (\"classifier FID (<data> CNN)\") come from "
         "different networks and are never comparable with each other.", "",
     ])
-    with written(json_path, "the report"):
+    with written(json_path, "the report's metrics"):
         write_json(json_path, metrics)
-        with atomic_path(md_path) as tmp:
-            tmp.write_text(text)
+    with written(md_path, "the report"), atomic_path(md_path) as tmp:
+        tmp.write_text(text)
     return md_path
 
 
@@ -100,9 +100,8 @@ def written(path: Path, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
-        reason = f"{err.strerror}: {err.filename}" if err.strerror else str(err)
-        raise VqgenError(f"{path}: {what} could not be written ({reason}); "
-                         "free the space or pass another --out") from None
+        raise VqgenError(f"{path}: {what} could not be written ({err.strerror or err}); fix that (space, "
+                         "permissions, a folder in the way) or pass another --out") from None
 
 
 def check_output_file(path: Path, ours: Callable[[Path], bool], what: str) -> None:

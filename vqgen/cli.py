@@ -227,7 +227,7 @@ def _cmd_fid_ref(args, overrides):
 
 def _cmd_fid(args, overrides):
     from eval.fid import fid
-    from eval.report import write_report
+    from eval.report import check_report_out, write_report
 
     # --data.* settings describe a --ref data spec; the samples' own size and channels fill the rest.
     values = stage_settings(None, "data", overrides, {})
@@ -235,11 +235,18 @@ def _cmd_fid(args, overrides):
         raise VqgenError(f"vqgen fid: --{sorted(set(values) - {'data'})[0]}.* is not a fid setting; only --data.* "
                          "(for a --ref data spec) is")
     data = values.get("data", {})
-    result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights, n_ref=args.ref_n, data=data)
     if args.out is not None:
-        write_report(args.out, result, title=f"vqgen fid: {args.samples}")  # X.json + X.md, or DIR/
+        check_report_out(args.out)  # before the Inception work, not after it
+    result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights, n_ref=args.ref_n, data=data)
     scores = {k: v for k, v in result.items() if k in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "kid", "is", "n_samples")}
-    return "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items())
+    line = "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items())
+    if args.out is not None:
+        try:
+            write_report(args.out, result, title=f"vqgen fid: {args.samples}")  # X.json + X.md, or DIR/
+        except VqgenError:
+            _echo(line)  # the score is printed whatever happens to the file, then the error line
+            raise
+    return line
 
 
 def _cmd_train_classifier(args, overrides):

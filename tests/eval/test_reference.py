@@ -219,7 +219,7 @@ def test_a_failed_late_write_is_one_line(tmp_path):
     out = tmp_path / "ref.npz"
     stats = stats_of(features(), {"n": 50})
     (tmp_path / "ref.json").mkdir()  # taken by a folder after the check (another process)
-    with pytest.raises(VqgenError, match=r"ref.npz: the reference statistics could not be written \(Is a directory"):
+    with pytest.raises(VqgenError, match=r"ref.json: the sidecar of the reference statistics could not be written \(Is a directory\)"):
         save_ref(out, stats)
     assert not out.exists()
     assert os.listdir(tmp_path) == ["ref.json"]  # no temporary file left behind

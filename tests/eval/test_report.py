@@ -1,6 +1,12 @@
 import json
 
-from eval.report import report_paths, write_report
+import numpy as np
+import pytest
+
+import eval.report
+from eval.report import check_report_out, report_paths, write_report
+from vqgen.cli import main
+from vqgen.errors import VqgenError
 
 
 def test_report_states_the_protocol(tmp_path):
@@ -28,3 +34,88 @@ def test_report_paths_beside_a_json_file_or_in_a_folder(tmp_path):
         "n": 10, "data": {"spec": "cifar10", "image_size": 64, "channels": 3, "resize": "auto"}}})
     assert report == tmp_path / "fid.md" and json.loads((tmp_path / "fid.json").read_text())["fid"] == 2.0
     assert "reference data: cifar10 at 64 px, channels = 3, resize = auto" in report.read_text()
+
+
+FID_RESULT = {"fid": 3.0, "network": "TF Inception 2015-12-05 pool3 (2048-d)", "weights_sha": "ab", "reference": "r.npz",
+              "reference_meta": {}}
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("foreign json", r"fid.json: exists and is not a `vqgen fid` report; vqgen replaces only its own outputs"),
+    ("pipeline run", r"metrics.json: exists and is not a `vqgen fid` report"),
+    ("markdown alone", r"fid.md: exists and is not the Markdown of a `vqgen fid` report"),
+    ("folder", r"fid.json: is a folder, and a `vqgen fid` report is a file"),
+    ("parent is a file", r"is a file, so .* cannot be made"),
+    ("read-only", r"fid.json: is read-only"),
+])
+def test_report_destination_is_checked(tmp_path, setup, message):
+    out = tmp_path / "fid.json"
+    if setup == "foreign json":
+        out.write_text('{"mine": 1}')
+    elif setup == "pipeline run":
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "metrics.json").write_text('{"summary": {}, "stages": {}}')
+    elif setup == "markdown alone":
+        out.with_suffix(".md").write_text("# my notes")
+    elif setup == "folder":
+        out.mkdir()
+    elif setup == "parent is a file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "fid.json"
+    elif setup == "read-only":
+        write_report(out, FID_RESULT)
+        out.chmod(0o444)
+    with pytest.raises(VqgenError, match=message):
+        check_report_out(out)
+
+
+def test_an_earlier_report_may_be_replaced(tmp_path):
+    for out in (tmp_path / "fid.json", tmp_path / "eval"):
+        check_report_out(out)  # nothing there yet
+        write_report(out, FID_RESULT)
+        check_report_out(out)
+        write_report(out, {**FID_RESULT, "fid": 4.0})
+        assert json.loads(report_paths(out)[0].read_text())["fid"] == 4.0
+
+
+def test_a_report_write_failing_late_is_one_line(tmp_path):
+    (tmp_path / "fid.md").mkdir()  # taken by a folder after the check (another process)
+    with pytest.raises(VqgenError, match=r"fid.md: the report could not be written \(Is a directory\)"):
+        write_report(tmp_path / "fid.json", FID_RESULT)
+
+
+@pytest.fixture
+def scorable(tmp_path, pngs):
+    np.savez(tmp_path / "pf.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    return pngs(tmp_path / "samples", 2, 16), tmp_path / "pf.npz"
+
+
+def test_cli_fid_refuses_a_foreign_out_before_any_work(tmp_path, scorable, capsys):
+    samples, ref = scorable
+    out = tmp_path / "notes.json"
+    out.write_text('{"mine": 1}')
+    absent = tmp_path / "absent" / "pt_inception-2015-12-05-00000000.pth"  # never looked for
+    rc = main(["fid", "--samples", str(samples), "--ref", str(ref), "--inception-weights", str(absent),
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "notes.json: exists and is not a `vqgen fid` report" in err
+    assert out.read_text() == '{"mine": 1}'
+
+
+def test_cli_fid_prints_the_score_when_the_report_cannot_be_written(tmp_path, scorable, random_pth, capsys,
+                                                                    monkeypatch):
+    samples, ref = scorable
+    out = tmp_path / "fid.json"
+    real_write = eval.report.write_report
+
+    def taken_meanwhile(path, *args, **kwargs):  # another process takes X.md during the Inception work
+        out.with_suffix(".md").mkdir()
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(eval.report, "write_report", taken_meanwhile)
+    rc = main(["fid", "--samples", str(samples), "--ref", str(ref), "--inception-weights", str(random_pth),
+               "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "fid: 2048.0000" in captured.out and "n_samples: 2" in captured.out
+    assert captured.err.count("\n") == 1 and "the report could not be written" in captured.err
