@@ -21,7 +21,8 @@ from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of, to_uint8
 from eval.inception import InceptionFeatures, extract_features
 from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
 from vqgen.data import DataConfig, load_images
-from vqgen.runs import atomic_path, sha256_file, write_json
+from vqgen.errors import VqgenError
+from vqgen.runs import atomic_path, claim_output, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +86,16 @@ def reconstruct(
     rfid_n: int = 0,
 ) -> dict[str, Any]:
     """`vqgen reconstruct`: OUT/reconstructions.png (n val images, each beside its reconstruction) and
-    OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n)."""
+    OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n). OUT is
+    written whole, as a new folder or over one reconstruct wrote before."""
     out = Path(out)
+    if n < 1 or rfid_n < 0:
+        raise VqgenError(f"reconstruct: need --n >= 1 and --rfid-n >= 0 (0: --n); got {n} and {rfid_n}")
     model = load_tokenizer(tokenizer)
-    save_side_by_side(model, data, out / "reconstructions.png", n)
-    metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights)
-    metrics["tokenizer_sha256"] = sha256_file(tokenizer_folder(tokenizer) / "model.safetensors")
-    write_json(out / "metrics.json", metrics)
+    with claim_output(out, "reconstruct"), atomic_path(out, is_dir=True) as tmp:
+        save_side_by_side(model, data, tmp / "reconstructions.png", n)
+        metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights)
+        metrics["tokenizer_sha256"] = sha256_file(tokenizer_folder(tokenizer) / "model.safetensors")
+        write_json(tmp / "metrics.json", metrics)
     logger.info("wrote %s and %s", out / "reconstructions.png", out / "metrics.json")
     return {k: v for k, v in metrics.items() if isinstance(v, int | float)}

@@ -22,13 +22,15 @@ from stage1_vqvae.model import VQVAE, load_tokenizer
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
-from vqgen.runs import read_json, sha256_file, write_json
+from vqgen.runs import claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "sample_config.json"
 # Settings that do not change what is sampled; a resumed run may change them.
 FREE_SETTINGS = ("batch_size", "kv_cache")
+# Every file is written whole or not at all (sampling.write), so what is there can be trusted.
+DISK_FULL_INTACT = "the samples finished before are kept whole: free some space and run the same command to continue"
 
 
 def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE) -> str:
@@ -86,20 +88,24 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     if cfg.per_class > 0:
         settings["n"] = None  # ignored: the count is per_class x classes
     check_config(cfg, prior.meta.num_classes, source=str(prior_folder(prior_dir)))
+    if cfg.seed < 0:
+        raise VqgenError(f"sample.seed={cfg.seed}: must be 0 or more (each sample's stream is seeded from it); "
+                         "pass e.g. --seed 0")
     labels = plan_labels(cfg, prior.meta.num_classes)
-    if state.is_main_process:
-        claim_folder(out, settings)
-    state.wait_for_everyone()
-    done = finished(out, labels)
-    todo = [i for i in range(len(labels)) if i not in done]
-    logger.info("sampling %d images into %s (%d already there)", len(todo), out, len(done))
-    with state.split_between_processes(todo) as mine:
-        _sample_indices(prior, tokenizer, cfg, labels, mine, out, state)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        join_codes(out, len(labels))
-        write_grid(out, labels, *grid_layout(cfg, len(labels)))
-    state.wait_for_everyone()
+    with claim_output(out, "samples"), disk_full_is_user_error(out, DISK_FULL_INTACT):
+        if state.is_main_process:
+            claim_folder(out, settings)
+        state.wait_for_everyone()
+        done = finished(out, labels)
+        todo = [i for i in range(len(labels)) if i not in done]
+        logger.info("sampling %d images into %s (%d already there)", len(todo), out, len(done))
+        with state.split_between_processes(todo) as mine:
+            _sample_indices(prior, tokenizer, cfg, labels, mine, out, state)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            join_codes(out, len(labels))
+            write_grid(out, labels, *grid_layout(cfg, len(labels)))
+        state.wait_for_everyone()
     return out
 
 

@@ -32,10 +32,12 @@ from vqgen.config import to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
-from vqgen.runs import atomic_path, read_json, sha256_file, write_json
+from vqgen.runs import atomic_path, claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
 
 FORMAT_VERSION = 1
 META_FILE = "vqgen_codes.json"
+# The folder appears whole or not at all, so a failed write leaves the previous one as it was.
+DISK_FULL_INTACT = "the folder is as it was before this run (nothing half-written); free some space and run it again"
 
 
 @dataclass
@@ -72,25 +74,39 @@ def tokenizer_sha256(tokenizer_path: str | Path) -> str:
 
 def dump_codes(tokenizer_path: str | Path, data: DataConfig, out: str | Path, splits: tuple[str, ...] = ("train", "val"),
                batch_size: int = 256) -> Path:
-    """Encode every image of `splits` with the tokenizer and write the code-grid folder `out`."""
+    """Encode every image of `splits` with the tokenizer and write the code-grid folder `out`:
+    a new one, or one dump-codes wrote before, replaced whole."""
     out, state = Path(out), process_state()
+    _check_request(splits, batch_size)
     tokenizer = load_tokenizer(tokenizer_path).to(state.device)
     sets = {split: load_images(data, split) for split in splits}
     for images in sets.values():
         _check_fits(tokenizer_path, tokenizer, images, data)
     grid = (data.image_size // tokenizer.downsample_factor,) * 2
-    staging = out.with_name(f".{out.name}.shards")
-    if state.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    state.wait_for_everyone()
-    for split, images in sets.items():
-        _write_shard(tokenizer, images, grid, staging / split / f"rank_{state.process_index:05d}", batch_size, state)
-    state.wait_for_everyone()
-    if state.is_main_process:
-        _join_shards(staging, out, _meta(tokenizer_path, tokenizer, sets, data, grid))
-        shutil.rmtree(staging, ignore_errors=True)
-    state.wait_for_everyone()
+    staging = out.with_name(f".{out.name}.shards")  # a killed dump's leftover, cleared under the lock
+    with claim_output(out, "codes"), disk_full_is_user_error(out, DISK_FULL_INTACT):
+        try:
+            if state.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+            state.wait_for_everyone()
+            for split, images in sets.items():
+                shard = staging / split / f"rank_{state.process_index:05d}"
+                _write_shard(tokenizer, images, grid, shard, batch_size, state)
+            state.wait_for_everyone()
+            if state.is_main_process:
+                _join_shards(staging, out, _meta(tokenizer_path, tokenizer, sets, data, grid))
+        finally:
+            if state.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+        state.wait_for_everyone()
     return out
+
+
+def _check_request(splits: tuple[str, ...], batch_size: int) -> None:
+    if not splits or len(set(splits)) != len(splits):
+        raise VqgenError(f"dump-codes --splits {','.join(splits)}: name each split once, e.g. train,val")
+    if batch_size < 1:
+        raise VqgenError(f"dump-codes --batch-size {batch_size}: must be 1 or more, e.g. 256")
 
 
 def _meta(tokenizer_path: str | Path, tokenizer: VQVAE, sets: dict[str, ImageDataset], data: DataConfig,

@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,51 @@ def test_grid_shows_every_class(per_class, count, expected, row):
     from sampling.decode import grid_layout
 
     assert grid_layout(SampleConfig(per_class=per_class), count) == (expected, row)
+
+
+def test_a_bad_seed_is_refused_before_anything_is_written(tmp_path, pair):
+    with pytest.raises(VqgenError, match="sample.seed"):
+        sample(pair[0], pair[1], SampleConfig(n=2, seed=-1), tmp_path / "s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no sample_config.json to refuse the rerun
+    assert png_names(sample(pair[0], pair[1], SampleConfig(n=2, seed=0), tmp_path / "s")) == ["000000_c0.png",
+                                                                                               "000001_c1.png"]
+
+
+def test_sample_writes_only_into_a_sample_folder(tmp_path, pair):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "NOTES").write_text("x")
+    with pytest.raises(VqgenError, match=r"d: holds files vqgen did not write \(NOTES\)"):
+        sample(pair[0], pair[1], SampleConfig(n=2), tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["NOTES"]
+
+
+def test_a_second_sampler_into_the_same_folder_is_refused(tmp_path, pair):
+    hold = ROOT / "tests" / "vqgen" / "hold_output.py"  # holds an output's lock, as a writer does
+    holder = subprocess.Popen([sys.executable, str(hold), str(tmp_path / "s"), "samples"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(VqgenError, match=rf"another vqgen process \(pid {holder.pid}\) is writing it"):
+        sample(pair[0], pair[1], SampleConfig(n=2), tmp_path / "s")
+    holder.communicate("")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_continues(tmp_path, pair):
+    out = tmp_path / "s"
+    # Every write past 16 kB fails with EFBIG, as on a full disk: the batches' PNGs and code shards
+    # fit, codes.npz (200 grids of 4x4 int64 codes, 26 kB) does not. Python ignores SIGXFSZ.
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))"
+    command = f"{limit}; from vqgen.cli import main; raise SystemExit(main())"
+    done = subprocess.run([sys.executable, "-c", command, "sample", "--prior", str(pair[0]), "--tokenizer",
+                           str(pair[1]), "--out", str(out), "--n", "200", "--batch-size", "50"],
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert errors == [f"vqgen sample: error: {out}: could not write (File too large); the samples finished "
+                      "before are kept whole: free some space and run the same command to continue"]
+    made = {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    assert len(made) == 200 and not (out / "codes.npz").exists()
+    sample(pair[0], pair[1], SampleConfig(n=200, batch_size=50), out)  # space again: only the rest is done
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == made
+    with np.load(out / "codes.npz") as codes:
+        assert codes["codes"].shape == (200, GRID, GRID)

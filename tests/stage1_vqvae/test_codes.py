@@ -1,6 +1,7 @@
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -25,6 +26,7 @@ from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
 
 DATA = DataConfig(image_size=16, max_images=37)  # 37: batches of 8 leave a remainder
+HOLD = Path(__file__).parents[1] / "vqgen" / "hold_output.py"  # holds an output's lock, as a writer does
 
 
 def make_tokenizer(folder: Path, codebook_size: int = 16, seed: int = 0) -> Path:
@@ -237,3 +239,65 @@ def test_two_process_dump_equals_one_process_dump(dumped, tmp_path, cpu_launch):
         one = datasets.load_from_disk(str(dumped[1] / split))
         two = datasets.load_from_disk(str(tmp_path / "codes" / split))
         assert two.to_dict() == one.to_dict()  # same rows, same order: no duplicates, no gaps
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("what", ["user folder", "tokenizer run", "file"])
+def test_dump_codes_never_replaces_what_it_did_not_write(dumped, tmp_path, what):
+    out = tmp_path / "d"
+    if what == "file":
+        out.write_text("x")
+    elif what == "user folder":  # mkdir d; echo x > d/NOTES
+        out.mkdir()
+        (out / "NOTES").write_text("x")
+    else:  # --out <the tokenizer's run folder>
+        shutil.copytree(dumped[0], out / "model")
+        (out / "run_config.json").write_text("{}")
+    before = tree(tmp_path)
+    with pytest.raises(VqgenError, match=rf"{out}: (holds|is a file).*choose another --out"):
+        dump_codes(dumped[0], DataConfig(image_size=16, max_images=4), out)
+    assert tree(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_dump_codes_replaces_its_own_folder_whole(dumped, tmp_path):
+    out = dump_codes(dumped[0], DataConfig(image_size=16, max_images=4), tmp_path / "codes")
+    dump_codes(dumped[0], DataConfig(image_size=16, max_images=6), out, splits=("val",))
+    assert read_meta(out).splits == {"val": 6} and sorted(p.name for p in out.iterdir()) == ["val", META_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes"]  # no lock, staging or old copy left
+
+
+def test_a_second_dump_into_the_same_folder_is_refused(dumped, tmp_path):
+    holder = subprocess.Popen([sys.executable, str(HOLD), str(tmp_path / "codes"), "codes"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"  # another dump-codes, in mid-run
+    with pytest.raises(VqgenError, match=rf"another vqgen process \(pid {holder.pid}\) is writing it"):
+        dump_codes(dumped[0], DataConfig(image_size=16, max_images=4), tmp_path / "codes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".codes.lock"]  # its lock; nothing of ours
+    holder.communicate("")
+
+
+@pytest.mark.parametrize("kwargs, message", [({"batch_size": 0}, "--batch-size 0"), ({"splits": ()}, "--splits")])
+def test_a_bad_request_is_refused_before_anything_is_written(dumped, tmp_path, kwargs, message):
+    with pytest.raises(VqgenError, match=message):
+        dump_codes(dumped[0], DataConfig(image_size=16, max_images=4), tmp_path / "out" / "codes", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_during_a_dump_is_one_line_and_keeps_the_old_folder(dumped, tmp_path):
+    old = copy_with_meta(dumped[1], tmp_path / "codes")
+    before = tree(old)
+    # A file-size limit makes every write past 16 kB fail with EFBIG, as a full disk fails with ENOSPC
+    # (Python ignores SIGXFSZ); 300 grids of 8x8 uint16 codes need 38 kB.
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))"
+    command = f"{limit}; from vqgen.cli import main; raise SystemExit(main())"
+    done = subprocess.run([sys.executable, "-c", command, "dump-codes", "--tokenizer", str(dumped[0]),
+                           "--out", str(old), "--data.image_size=16", "--data.max_images=300", "--batch-size=64"],
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert errors == [f"vqgen dump-codes: error: {old}: could not write (File too large); the folder is as it "
+                      "was before this run (nothing half-written); free some space and run it again"]
+    assert tree(old) == before and sorted(p.name for p in tmp_path.iterdir()) == ["codes"]
