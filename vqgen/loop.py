@@ -12,15 +12,17 @@ per micro-batch, so a 2-process run sees the same samples at each step as a 1-pr
 from __future__ import annotations
 
 import copy
+import errno
 import math
 import os
 import re
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from accelerate import Accelerator
@@ -29,6 +31,7 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+from vqgen import checkpoint
 from vqgen.errors import VqgenError
 from vqgen.runs import MetricsLog, atomic_path, read_json, write_json
 
@@ -112,12 +115,6 @@ class WeightEMA:
         for ema_buf, live_buf in zip(self.model.buffers(), model.buffers()):
             ema_buf.copy_(live_buf)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state)
-
 
 @dataclass
 class TrainState:
@@ -158,7 +155,8 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     out_dir = Path(out_dir)
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)
-    _check_run_folder(task, out_dir, resume, accelerator)
+    with _one_line_if_disk_full(out_dir, lambda: (_checkpoints(out_dir) or [None])[-1]):
+        _check_run_folder(task, out_dir, resume, accelerator)
     micro_batch = _micro_batch(cfg, accelerator.num_processes)
     sampler = EpochSampler(len(task.train_set), cfg.seed)
     train_loader = _loader(task.train_set, micro_batch, cfg, sampler=sampler, drop_last=True)
@@ -170,19 +168,20 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, warmup_cosine(cfg))
     state = TrainState()
     ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
-    accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
-    if resume:
-        _restore(accelerator, out_dir, state)
+    parts = checkpoint.Parts(accelerator.unwrap_model(model), optimizer, scheduler, state,
+                             ema=ema.model if ema else None, scaler=accelerator.scaler)
+    resumed_from = _restore(accelerator, out_dir, parts) if resume else None
     # accumulate() updates on every micro-batch whose count is a multiple of grad_accum: tie that
-    # count to our own step counter, whatever an older checkpoint holds.
+    # count to our own step counter.
     accelerator.step = state.step * cfg.grad_accum
     if state.step >= cfg.steps and (out_dir / "model").is_dir():
         return out_dir / "model"
     val_loader = _val_loader(task, cfg, accelerator)
-    run = _Run(task, cfg, accelerator, model, ema, out_dir, val_loader)
+    run = _Run(task, cfg, accelerator, model, ema, out_dir, val_loader, parts, resumed_from)
     batches = _endless(train_loader, accelerator, start=state.step * cfg.grad_accum)
-    _train(run, optimizer, scheduler, state, batches)
-    return _save_final(run)
+    with _one_line_if_disk_full(out_dir, lambda: run.checkpoint):
+        _train(run, optimizer, scheduler, state, batches)
+        return _save_final(run)
 
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
@@ -202,6 +201,8 @@ class _Run:
     ema: WeightEMA | None
     out_dir: Path
     val_loader: DataLoader | None
+    parts: checkpoint.Parts
+    checkpoint: Path | None  # the newest good checkpoint: the one resumed from, then each one saved
 
 
 def _train(run: _Run, optimizer, scheduler, state: TrainState, batches: Iterator[dict]) -> None:
@@ -267,11 +268,39 @@ def _stop_if_not_finite(run: _Run, what: str, tensors: list[torch.Tensor]) -> No
     # Every process must take the same branch, or the others wait forever in the next all-reduce.
     bad = run.accelerator.reduce((~finite).float().reshape(1).to(run.accelerator.device), reduction="sum")
     if bad.item() > 0:
-        checkpoints = run.out_dir / "checkpoints"
-        raise VqgenError(
-            f"{run.out_dir}: the {what} became NaN or infinite; the last good checkpoint in {checkpoints} "
-            "is intact: lower train.lr or use mixed_precision=no, then pass --resume"
-        )
+        fix = "lower train.lr or use mixed_precision=no"
+        raise VqgenError(f"{run.out_dir}: the {what} became NaN or infinite; {_resume_note(run.checkpoint, fix)}")
+
+
+def _resume_note(last: Path | None, fix: str) -> str:
+    """What a stopped run leaves to resume from, and how to go on: true with and without a checkpoint."""
+    if last is not None:
+        return f"the last good checkpoint, {last}, is intact: {fix}, then pass --resume to continue from it"
+    return (f"no checkpoint was saved yet, so a rerun starts from step 0: {fix}, then run it again "
+            "(--resume is not needed)")
+
+
+# Write errors that mean "no room": a full disk, a full quota, a file-size limit (ulimit -f).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # safetensors' writer reports errno in its message only
+
+
+@contextmanager
+def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | None]) -> Iterator[None]:
+    try:
+        yield
+    except Exception as err:
+        code = err.errno if isinstance(err, OSError) else _rust_errno(err)
+        if code not in DISK_FULL:
+            raise
+        path = getattr(err, "filename", None) or out_dir
+        fix = f"free some space or raise the limit on {Path(path).parent}"
+        raise VqgenError(f"{path}: {os.strerror(code)} while writing; {_resume_note(last_checkpoint(), fix)}") from None
+
+
+def _rust_errno(err: Exception) -> int | None:
+    found = RUST_OS_ERROR.search(str(err))
+    return int(found.group(1)) if found else None
 
 
 def _check_weights(run: _Run) -> None:
@@ -357,23 +386,55 @@ def _save_checkpoint(run: _Run, step: int) -> None:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    try:
+        checkpoint.save(tmp, run.parts, accelerator.process_index, accelerator.num_processes)
+    except BaseException:
+        # A half-written checkpoint is only a temporary folder; drop it, so a full disk gets its space back.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        # A same-named folder is one that did not load (`_restore` fell back past it).
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in _checkpoints(out_dir)[:-run.cfg.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
+    run.checkpoint = final
     accelerator.wait_for_everyone()
 
 
-def _restore(accelerator: Accelerator, out_dir: Path, state: TrainState) -> None:
+def _restore(accelerator: Accelerator, out_dir: Path, parts: checkpoint.Parts) -> Path | None:
+    """Load the newest checkpoint that reads whole, saying which newer ones did not; return its folder."""
     found = _checkpoints(out_dir)
     if not found:
         logger.info("no checkpoint in %s; starting from step 0", out_dir)
-        return
-    accelerator.load_state(str(found[-1]))
-    logger.info("resumed from %s (step %d)", found[-1], state.step)
+        return None
+    problems = []
+    for folder in reversed(found):
+        loaded, problem = _read_checkpoint(accelerator, folder, parts)
+        if loaded is not None:
+            checkpoint.apply(loaded, parts)
+            logger.info("resumed from %s", folder)
+            return folder
+        logger.warning("%s cannot be resumed from (%s); trying the checkpoint before it", folder, problem)
+        problems.append(f"{folder.name}: {problem}")
+    raise VqgenError(
+        f"{out_dir / 'checkpoints'}: no checkpoint can be resumed from ({'; '.join(problems)}); move the "
+        "step_* folders out of it to train again from step 0, or choose a new --out"
+    )
+
+
+def _read_checkpoint(accelerator: Accelerator, folder: Path, parts: checkpoint.Parts):
+    """(the checkpoint read whole, None) or (None, what is wrong with it), the same on every process."""
+    try:
+        loaded, problem = checkpoint.read(folder, parts, accelerator.process_index), None
+    except checkpoint.CheckpointError as err:
+        loaded, problem = None, str(err)
+    # Every process must resume from the same checkpoint, even where only one of them cannot read it.
+    failed = accelerator.reduce(torch.tensor([float(loaded is None)], device=accelerator.device), reduction="sum")
+    if failed.item() > 0 and loaded is not None:
+        return None, "another process could not read its part"
+    return loaded, problem
 
 
 def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator: Accelerator) -> None:

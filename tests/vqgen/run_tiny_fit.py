@@ -1,26 +1,45 @@
-"""Trains the tiny task into argv[1]; run by test_loop under 1 and 2 processes, and under bf16."""
+"""Trains the tiny task into OUT, like a vqgen command: a VqgenError is one line on stderr and exit code 1.
 
+Run by the tests under 1 and 2 processes, under bf16, and under a file-size limit.
+"""
+
+import argparse
 import dataclasses
+import os
+import signal
 import sys
 
 from tiny_task import TinyTask
 
+from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
 
 
 class NoDropoutTask(TinyTask):
     # Dropout draws differ per process, so the 1-vs-2 process comparison trains without it.
-    def __init__(self):
+    def __init__(self, sigkill_at_call: int = -1):
         super().__init__()
         self.model.net[1].p = 0.0
+        self.sigkill_at_call = sigkill_at_call
 
     def training_step(self, model, batch):
+        if self.calls + 1 == self.sigkill_at_call:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no handler, no cleanup runs
         return {"loss": super().training_step(model, batch)["loss"]}
 
 
 CFG = TrainConfig(steps=8, batch_size=16, lr=1e-2, warmup_steps=2, eval_every=4, save_every=4, log_every=1)
 
 if __name__ == "__main__":
-    # argv[2], if given, is the mixed precision (Accelerate allows only one per process).
-    precision = sys.argv[2] if len(sys.argv) > 2 else "no"
-    fit(NoDropoutTask(), dataclasses.replace(CFG, mixed_precision=precision), sys.argv[1])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("precision", nargs="?", default="no")  # Accelerate allows one per process
+    parser.add_argument("--steps", type=int, default=CFG.steps)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--sigkill-at-call", type=int, default=-1)
+    args = parser.parse_args()
+    try:
+        fit(NoDropoutTask(args.sigkill_at_call), dataclasses.replace(CFG, mixed_precision=args.precision, steps=args.steps),
+            args.out, resume=args.resume)
+    except VqgenError as err:
+        sys.exit(f"run_tiny_fit: error: {err}")

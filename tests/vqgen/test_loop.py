@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from vqgen.errors import VqgenError
@@ -17,13 +16,8 @@ from vqgen.loop import TrainConfig, fit, param_groups, warmup_cosine
 sys.path.insert(0, str(Path(__file__).parent))
 from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
 from run_tiny_fit import NoDropoutTask  # noqa: E402
-from tiny_task import Killed, TinyModel, TinyTask  # noqa: E402
-
-CFG = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=3, eval_every=4, save_every=4, log_every=1)
-
-
-def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(model_dir / "model.safetensors")
+from tiny_task import CFG, Killed, TinyModel, TinyTask  # noqa: E402
+from tiny_task import saved_weights as _weights  # noqa: E402
 
 
 def _train_losses(run: Path) -> list[tuple[int, float, float]]:
@@ -102,8 +96,9 @@ def test_updates_every_grad_accum_micro_batches_across_epochs(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    with pytest.raises(VqgenError, match="NaN"):
+    with pytest.raises(VqgenError, match="NaN") as stopped:
         fit(TinyTask(nan_at_step=6), CFG, tmp_path)
+    assert f"the last good checkpoint, {tmp_path / 'checkpoints' / 'step_00000004'}, is intact" in str(stopped.value)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000004"]
     assert _all_finite(_weights(tmp_path / "checkpoints" / "step_00000004"))
     assert not (tmp_path / "model").exists()
@@ -121,10 +116,19 @@ def test_infinite_gradient_stops_before_the_update(tmp_path, grad_clip):
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
-    # An infinite learning rate turns finite gradients into infinite weights at the first update.
-    with pytest.raises(VqgenError, match="weights became NaN or infinite"):
-        fit(TinyTask(), dataclasses.replace(CFG, lr=math.inf, save_every=1), tmp_path)
+    # Weights that overflow in an update (a learning rate far too high) are caught before the first save.
+    def overflow(optimizer, *_):
+        optimizer.param_groups[0]["params"][0].data.fill_(math.inf)
+
+    handle = register_optimizer_step_post_hook(overflow)
+    try:
+        with pytest.raises(VqgenError, match="weights became NaN or infinite") as stopped:
+            fit(TinyTask(), dataclasses.replace(CFG, save_every=1), tmp_path)
+    finally:
+        handle.remove()
     assert not list((tmp_path / "checkpoints").glob("*"))
+    # The message must not promise a checkpoint that does not exist.
+    assert "no checkpoint was saved yet" in str(stopped.value) and "intact" not in str(stopped.value)
 
 
 def test_clipping_caps_the_gradient_the_optimizer_sees(tmp_path):

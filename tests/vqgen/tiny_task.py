@@ -5,8 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from transformers import PreTrainedConfig, PreTrainedModel
+
+from vqgen.loop import TrainConfig
+
+# Checkpoints at steps 4, 8 and 12.
+CFG = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=3, eval_every=4, save_every=4, log_every=1)
+
+
+def saved_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights of a saved model folder or of a checkpoint."""
+    return load_file(folder / "model.safetensors")
 
 
 class TinyConfig(PreTrainedConfig):

@@ -1,0 +1,263 @@
+"""Training checkpoints in safetensors and JSON: resuming never unpickles anything.
+
+A checkpoint folder (`checkpoints/step_XXXXXXXX/`) holds:
+
+    model.safetensors      the live model's weights and buffers
+    ema.safetensors        the EMA of the weights, when train.ema_decay > 0
+    optimizer.safetensors  the optimizer's tensors (AdamW's moments and step counts), named "<param>.<name>"
+    state.json             the format version, the counters (step), the number of processes, the optimizer's
+                           param groups, the learning-rate schedule and the fp16 loss scaler
+    rng_<i>.json           process i's random generators: Python, NumPy, torch CPU and CUDA
+
+Accelerate's `save_state`/`load_state` would pickle most of this: `torch.save` for the optimizer and the
+random states, and `register_for_checkpointing`'s states load with `weights_only=False`, so a file planted
+in a shared run folder runs code on `--resume`. It also skips an unreadable random-state file without a
+word, which silently ends an exact resume.
+
+`read` checks every file against the live objects before `apply` changes anything, so a bad checkpoint
+is rejected whole (`CheckpointError`) and the caller can fall back to an older one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+FORMAT = 1
+MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that cannot be resumed from; the message says which file and why."""
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Parts:
+    """The live objects whose state a checkpoint holds."""
+
+    model: torch.nn.Module  # unwrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    counters: Stateful  # a JSON-able state_dict of ints
+    ema: torch.nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read into memory and checked against the live objects, not yet applied."""
+
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    counters: dict[str, Any]
+    scaler: dict[str, Any] | None
+    rng: dict[str, Any] | None
+
+
+def save(folder: Path, parts: Parts, process_index: int, num_processes: int) -> None:
+    """Write `parts` into `folder`: process 0 writes the shared state, every process its random generators."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if process_index == 0:
+        _write(folder / MODEL, save_tensors(_cpu(parts.model.state_dict())))
+        if parts.ema is not None:
+            _write(folder / EMA, save_tensors(_cpu(parts.ema.state_dict())))
+        optimizer = parts.optimizer.state_dict()
+        tensors = {f"{i}.{name}": value for i, named in optimizer["state"].items() for name, value in named.items()}
+        _write(folder / OPTIMIZER, save_tensors(_cpu(tensors)))
+        _write(folder / STATE, _json_bytes(_state_json(parts, num_processes), indent=1))  # to be read by people
+    _write(folder / f"rng_{process_index}.json", _json_bytes(_rng_state()))
+
+
+def read(folder: Path, parts: Parts, process_index: int) -> Loaded:
+    """Read and check every file of a checkpoint; raise CheckpointError naming the first bad one."""
+    state = _read_state(folder, parts)
+    ema = None
+    if parts.ema is not None and (folder / EMA).exists():  # a run that turned the EMA on starts it here
+        ema = _read_tensors(folder / EMA, parts.ema.state_dict())
+    return Loaded(
+        model=_read_tensors(folder / MODEL, parts.model.state_dict()),
+        ema=ema,
+        optimizer={"state": _read_optimizer_tensors(folder / OPTIMIZER, parts.optimizer),
+                   "param_groups": state["param_groups"]},
+        scheduler=state["scheduler"],
+        counters=state["counters"],
+        scaler=state["scaler"] if parts.scaler is not None else None,
+        rng=_read_rng(folder, process_index, state["processes"]),
+    )
+
+
+def apply(loaded: Loaded, parts: Parts) -> None:
+    """Put a checked checkpoint into the live objects."""
+    parts.model.load_state_dict(loaded.model)
+    if parts.ema is not None:
+        parts.ema.load_state_dict(loaded.ema if loaded.ema is not None else parts.model.state_dict())
+    parts.optimizer.load_state_dict(loaded.optimizer)
+    parts.scheduler.load_state_dict(loaded.scheduler)
+    parts.counters.load_state_dict(loaded.counters)
+    if parts.scaler is not None and loaded.scaler is not None:
+        parts.scaler.load_state_dict(loaded.scaler)
+    if loaded.rng is not None:
+        _set_rng(loaded.rng)
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        err.filename = err.filename or str(path)  # a failed write() names no file; the user needs it
+        raise
+
+
+def _json_bytes(obj: Any, indent: int | None = None) -> bytes:
+    return (json.dumps(obj, indent=indent) + "\n").encode()
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+
+def _state_json(parts: Parts, num_processes: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "counters": parts.counters.state_dict(),
+        "processes": num_processes,
+        "param_groups": parts.optimizer.state_dict()["param_groups"],
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+    }
+
+
+def _read_state(folder: Path, parts: Parts) -> dict[str, Any]:
+    path = folder / STATE
+    if not path.exists() and any(folder.glob("*.pkl")):
+        raise CheckpointError(f"{folder.name} is in the pickle format of older vqgen versions, which --resume "
+                              "no longer loads (a pickle can run code)")
+    state = _read_json(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name}: not a vqgen checkpoint of format {FORMAT}")
+    template = _state_json(parts, num_processes=0)
+    saved_scaler = state.pop("scaler", None)
+    template.pop("scaler")
+    state = _conform(state, template, STATE)
+    state["scaler"] = _conform(saved_scaler, parts.scaler.state_dict(), f"{STATE} scaler") \
+        if parts.scaler is not None and saved_scaler is not None else None
+    return state
+
+
+def _conform(value: Any, template: Any, where: str) -> Any:
+    """`value` read from JSON, checked to have the shape and leaf types of `template` (a live state) and
+    given back in the template's types (tuples where it has tuples)."""
+    if isinstance(template, dict):
+        if not isinstance(value, dict) or set(value) != set(template):
+            raise CheckpointError(f"{where}: expected the keys {sorted(template)}")
+        return {key: _conform(value[key], template[key], f"{where} {key}") for key in template}
+    if isinstance(template, (list, tuple)):
+        if not isinstance(value, list) or len(value) != len(template):
+            raise CheckpointError(f"{where}: expected a list of {len(template)}")
+        return type(template)(_conform(v, t, where) for v, t in zip(value, template))
+    if isinstance(template, bool) or template is None or isinstance(template, str):
+        if type(value) is not type(template):
+            raise CheckpointError(f"{where}: expected {type(template).__name__}, found {value!r}")
+        return value
+    if isinstance(template, int) and type(value) is int:
+        return value
+    if isinstance(template, float) and type(value) in (int, float):
+        return float(value)
+    raise CheckpointError(f"{where}: expected {type(template).__name__}, found {value!r}")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.name} is missing") from None
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path.name} is not readable JSON ({err})") from None
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_tensors(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path.name} is missing") from None
+    except (OSError, SafetensorError) as err:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({err})") from None
+
+
+def _read_tensors(path: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    tensors = _load_safetensors(path)
+    wrong = sorted(name for name in like.keys() | tensors.keys()
+                   if name not in like or name not in tensors
+                   or (tensors[name].shape, tensors[name].dtype) != (like[name].shape, like[name].dtype))
+    if wrong:
+        raise CheckpointError(f"{path.name} does not match the model ({', '.join(wrong[:3])})")
+    return tensors
+
+
+def _read_optimizer_tensors(path: Path, optimizer: torch.optim.Optimizer) -> dict[int, dict[str, torch.Tensor]]:
+    """The optimizer's per-parameter state; each tensor is a scalar or has its parameter's shape and dtype."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, tensor in _load_safetensors(path).items():
+        index, _, name = key.partition(".")
+        param = params[int(index)] if index.isdigit() and int(index) < len(params) else None
+        if param is None or (tensor.ndim and (tensor.shape, tensor.dtype) != (param.shape, param.dtype)):
+            raise CheckpointError(f"{path.name}: {key} does not match the model's parameters")
+        state.setdefault(int(index), {})[name] = tensor
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _read_rng(folder: Path, process_index: int, processes: int) -> dict[str, Any] | None:
+    """This process's random generators, checked by loading them into scratch generators."""
+    path = folder / f"rng_{process_index}.json"
+    if process_index >= processes and not path.exists():
+        return None  # the run had fewer processes: this one's draws start from the seed
+    saved = _read_json(path)
+    try:
+        state = {"python": (saved["python"][0], tuple(saved["python"][1]), saved["python"][2]),
+                 "numpy": (saved["numpy"][0], np.array(saved["numpy"][1], dtype=np.uint32), *saved["numpy"][2:]),
+                 "torch": torch.tensor(saved["torch"], dtype=torch.uint8),
+                 "cuda": [torch.tensor(s, dtype=torch.uint8) for s in saved.get("cuda", [])]}
+        random.Random().setstate(state["python"])
+        np.random.RandomState().set_state(state["numpy"])
+        torch.Generator().set_state(state["torch"])
+        state["cuda"] = state["cuda"][:torch.cuda.device_count()]  # a GPU run resumed on fewer GPUs or the CPU
+        for device, cuda_state in enumerate(state["cuda"]):
+            torch.Generator(device=f"cuda:{device}").set_state(cuda_state)
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError, RuntimeError) as err:
+        raise CheckpointError(f"{path.name}: not a saved random-generator state ({err!r})") from None
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    for device, cuda_state in enumerate(state["cuda"]):
+        torch.cuda.set_rng_state(cuda_state, device)
