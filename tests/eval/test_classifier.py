@@ -39,3 +39,10 @@ def test_a_few_steps_improve_accuracy():
         opt.step()
     after = float(task.training_step(model, batch)["accuracy"])
     assert after > before + 0.2
+
+
+def test_a_run_folder_loads_its_model(tmp_path):
+    model = Classifier(ClassifierConfig(widths=(8,), feature_dim=8)).eval()
+    model.save_pretrained(tmp_path / "model")
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(load_classifier(tmp_path)(x).logits, model(x).logits)

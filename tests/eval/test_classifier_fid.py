@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +9,7 @@ from eval.classifier import Classifier, ClassifierConfig
 from eval.classifier_fid import classifier_fid
 from eval.fid import to_uint8
 from vqgen.data import DataConfig, load_images
+from vqgen.errors import VqgenError
 
 
 def write_pngs(folder, images: torch.Tensor) -> None:
@@ -43,3 +46,34 @@ def test_classifier_fid_scores_the_first_n_samples(scored):
     result = scored("noise", n=25)
     assert result["classifier_n_samples"] == 25
     assert all(np.isfinite(v) for k, v in result.items() if k.startswith("classifier FID"))
+
+
+@pytest.mark.parametrize("size, channels, message", [
+    (16, 1, r"reference images are 32x32 grey, the samples 16x16 grey"),
+    (32, 3, r"reference images are 32x32 grey, the samples 32x32 RGB"),
+])
+def test_samples_of_another_format_than_the_reference_are_refused(scored, tmp_path, pngs, size, channels, message):
+    pngs(tmp_path / "other", 4, size, channels=channels)
+    with pytest.raises(VqgenError, match=rf"data 'folder:.*' \(val split\): {message}; score samples made from"):
+        scored("other")
+
+
+def test_too_few_or_broken_samples_are_one_line(scored, tmp_path, pngs):
+    pngs(tmp_path / "one", 1, 32)
+    with pytest.raises(VqgenError, match="1 image file found"):
+        scored("one")
+    (pngs(tmp_path / "broken", 3, 32) / "001.png").write_bytes(b"not a png")
+    with pytest.raises(VqgenError, match="001.png: cannot read this image"):
+        scored("broken")
+
+
+def test_a_run_folder_scores_as_its_model_folder(scored, tmp_path):
+    """The classifier may be given as its training run folder (RUN/model holds the files)."""
+    from_model = scored("same")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "clf").rename(tmp_path / "run" / "model")
+    data = DataConfig(spec=f"folder:{tmp_path / 'data'}", channels=1, val_fraction=0.5)
+    from_run = classifier_fid(tmp_path / "run", tmp_path / "same", data, split="val")
+    assert from_run == from_model
+    weights = (tmp_path / "run" / "model" / "model.safetensors").read_bytes()
+    assert from_run["classifier_sha256"] == hashlib.sha256(weights).hexdigest()

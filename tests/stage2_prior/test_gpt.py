@@ -88,3 +88,30 @@ def test_saved_prior_loads_with_plain_transformers(tmp_path):
             assert torch.allclose(model(input_ids=ids).logits, got["logits"], atol=1e-5)
         assert got["sampled"].shape == (2, 13)
         assert bool((got["sampled"][:, 1:] < 13).all()), "plain generate() must only emit codes"
+
+
+# The preset architectures (hidden, layers, heads, intermediate), as they have been since the presets
+# were made: renaming the keys or sharing the family mapping must build exactly these models.
+PRESET_SIZES = {"demo": (128, 4, 4, 384), "tiny": (256, 4, 4, 704), "small": (512, 8, 8, 1408),
+                "base": (768, 12, 12, 2048), "large": (1024, 24, 16, 2816)}
+
+
+def expected_parameters(family: str, hidden: int, layers: int, intermediate: int, vocab: int, positions: int) -> int:
+    """Untied embeddings and head. Llama: no biases, q/k/v/o of hidden^2, SwiGLU's three matrices and two
+    RMSNorms per layer. GPT-2: learned positions, biased projections, two LayerNorms per layer."""
+    if family == "llama":
+        per_layer = 4 * hidden**2 + 3 * hidden * intermediate + 2 * hidden
+        return 2 * vocab * hidden + layers * per_layer + hidden
+    per_layer = 4 * hidden**2 + 2 * hidden * intermediate + 9 * hidden + intermediate
+    return 2 * vocab * hidden + positions * hidden + layers * per_layer + 2 * hidden
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("preset", sorted(PRESET_SIZES))
+def test_each_preset_builds_its_architecture(family, preset):
+    hidden, layers, heads, intermediate = PRESET_SIZES[preset]
+    with torch.device("meta"):
+        model = build_gpt(preset, 1024, 10, 16, 16, family=family)
+    vocab, positions = 1024 + 10 + 1, 16 * 16 + 1
+    assert count_parameters(model) == expected_parameters(family, hidden, layers, intermediate, vocab, positions)
+    assert model.config.num_attention_heads == heads  # both families answer to the Llama name
