@@ -16,17 +16,26 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from stage2_prior.overrides import build_config, merge_overrides
 from stage2_prior.vocab import PriorVocab
+from vqgen.config import Rule
 from vqgen.errors import VqgenError
 
 # Sizes in the style of LlamaGen's GPT_models; intermediate = ~8/3 hidden (SwiGLU, Shazeer 2020)
 # rounded to 64. `demo` is sized to learn the Fashion-MNIST 8x8 codes in minutes on 2 CPU cores.
+# Keys are LlamaConfig's field names; GPT2_NAMES renames them for GPT-2.
 GPT_PRESETS: dict[str, dict[str, int]] = {
-    "demo": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 384},
-    "tiny": {"hidden": 256, "layers": 4, "heads": 4, "intermediate": 704},
-    "small": {"hidden": 512, "layers": 8, "heads": 8, "intermediate": 1408},
-    "base": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 2048},
-    "large": {"hidden": 1024, "layers": 24, "heads": 16, "intermediate": 2816},
+    "demo": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 384},
+    "tiny": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 704},
+    "small": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8, "intermediate_size": 1408},
+    "base": {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 2048},
+    "large": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 2816},
 }
+
+# The one mapping between the two families: LlamaConfig's name of each size field -> GPT2Config's.
+GPT2_NAMES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
+              "intermediate_size": "n_inner", "max_position_embeddings": "n_positions"}
+# Each size field must be >= 1: transformers divides by the head count and makes tensors of these
+# sizes, so 0 or a negative size would end in a ZeroDivisionError or a torch traceback.
+POSITIVE = Rule(ge=1)
 
 FAMILIES = ("llama", "gpt2")
 
@@ -57,8 +66,11 @@ def gpt_config(
         raise VqgenError(f"prior.preset: unknown GPT preset '{preset}'; choose one of {', '.join(GPT_PRESETS)}")
     if family not in FAMILIES:
         raise VqgenError(f"prior.family: unknown family '{family}'; choose one of {', '.join(FAMILIES)}")
-    size = GPT_PRESETS[preset]
-    shared = {
+    cls = LlamaConfig if family == "llama" else GPT2Config
+    names = {key: key for key in GPT2_NAMES} if family == "llama" else GPT2_NAMES
+    sizes = {**GPT_PRESETS[preset], "max_position_embeddings": num_tokens + 1}
+    kwargs = {
+        **{names[key]: value for key, value in sizes.items()},
         "vocab_size": vocab.vocab_size,
         "bos_token_id": vocab.uncond_token,  # an unconditional sample starts from this token
         "eos_token_id": None,  # grids have a fixed length T; generation stops by count
@@ -66,30 +78,11 @@ def gpt_config(
         # Untied: code and condition embeddings are inputs, the head scores codes (LlamaGen unties too).
         "tie_word_embeddings": False,
     }
-    if family == "llama":
-        cls = LlamaConfig
-        kwargs = {
-            "hidden_size": size["hidden"],
-            "num_hidden_layers": size["layers"],
-            "num_attention_heads": size["heads"],
-            "intermediate_size": size["intermediate"],
-            "max_position_embeddings": num_tokens + 1,
-            **shared,
-        }
-        positions_key = "max_position_embeddings"
-    else:
-        cls = GPT2Config
-        kwargs = {
-            "n_embd": size["hidden"],
-            "n_layer": size["layers"],
-            "n_head": size["heads"],
-            "n_inner": size["intermediate"],
-            "n_positions": num_tokens + 1,
-            **shared,
-        }
-        positions_key = "n_positions"
     kwargs = merge_overrides(cls, kwargs, overrides)
-    _check_fits(kwargs, vocab, num_tokens, positions_key)
+    for key in names.values():
+        if problem := POSITIVE.problem(kwargs[key]):
+            raise VqgenError(f"prior.model.{key} {problem}, got {kwargs[key]!r}; fix the value")
+    _check_fits(kwargs, vocab, num_tokens, names["max_position_embeddings"])
     return build_config(cls, {**kwargs, "attn_implementation": "sdpa"})
 
 

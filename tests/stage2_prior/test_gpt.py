@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -5,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import LlamaConfig
 
-from stage2_prior.gpt import FAMILIES, GPT_PRESETS, build_gpt, count_parameters, gpt_code_logits
+from stage2_prior.gpt import FAMILIES, GPT2_NAMES, GPT_PRESETS, build_gpt, count_parameters, gpt_code_logits
 from stage2_prior.vocab import PriorVocab
 from vqgen.errors import VqgenError
 
@@ -115,3 +117,18 @@ def test_each_preset_builds_its_architecture(family, preset):
     vocab, positions = 1024 + 10 + 1, 16 * 16 + 1
     assert count_parameters(model) == expected_parameters(family, hidden, layers, intermediate, vocab, positions)
     assert model.config.num_attention_heads == heads  # both families answer to the Llama name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("key", ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"])
+@pytest.mark.parametrize("value", [0, -3])
+def test_sizes_below_one_are_one_line_errors(family, key, value):
+    name = key if family == "llama" else GPT2_NAMES[key]
+    with pytest.raises(VqgenError, match=rf"prior.model.{name} must be >= 1, got {value}") as err:
+        tiny(family, **{name: value})
+    assert "\n" not in str(err.value)
+
+
+def test_presets_use_the_transformers_field_names():
+    fields = {f.name for f in dataclasses.fields(LlamaConfig)}
+    assert all(set(sizes) <= fields for sizes in GPT_PRESETS.values())
