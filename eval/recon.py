@@ -19,10 +19,18 @@ from torchvision.utils import save_image
 
 from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of, to_uint8
 from eval.inception import InceptionFeatures, extract_features
-from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
+from stage1_vqvae.load import load_tokenizer, tokenizer_folder
+from stage1_vqvae.model import VQVAE
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
-from vqgen.runs import atomic_path, claim_output, sha256_file, write_json
+from vqgen.runs import (
+    REPLACED_WHOLE,
+    atomic_path,
+    claim_output,
+    disk_full_is_user_error,
+    sha256_file,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +100,8 @@ def reconstruct(
     if n < 1 or rfid_n < 0:
         raise VqgenError(f"reconstruct: need --n >= 1 and --rfid-n >= 0 (0: --n); got {n} and {rfid_n}")
     model = load_tokenizer(tokenizer)
-    with claim_output(out, "reconstruct"), atomic_path(out, is_dir=True) as tmp:
+    with claim_output(out, "reconstruct"), disk_full_is_user_error(out, REPLACED_WHOLE), \
+            atomic_path(out, is_dir=True) as tmp:
         save_side_by_side(model, data, tmp / "reconstructions.png", n)
         metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights)
         metrics["tokenizer_sha256"] = sha256_file(tokenizer_folder(tokenizer) / "model.safetensors")

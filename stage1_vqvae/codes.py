@@ -27,17 +27,24 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 import vqgen
-from stage1_vqvae.model import VQVAE, load_tokenizer, tokenizer_folder
+from stage1_vqvae.load import load_tokenizer, tokenizer_folder
+from stage1_vqvae.model import VQVAE
 from vqgen.config import to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
-from vqgen.runs import atomic_path, claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
+from vqgen.runs import (
+    REPLACED_WHOLE,
+    atomic_path,
+    claim_output,
+    disk_full_is_user_error,
+    read_json,
+    sha256_file,
+    write_json,
+)
 
 FORMAT_VERSION = 1
 META_FILE = "vqgen_codes.json"
-# The folder appears whole or not at all, so a failed write leaves the previous one as it was.
-DISK_FULL_INTACT = "the folder is as it was before this run (nothing half-written); free some space and run it again"
 
 
 @dataclass
@@ -84,7 +91,7 @@ def dump_codes(tokenizer_path: str | Path, data: DataConfig, out: str | Path, sp
         _check_fits(tokenizer_path, tokenizer, images, data)
     grid = (data.image_size // tokenizer.downsample_factor,) * 2
     staging = out.with_name(f".{out.name}.shards")  # a killed dump's leftover, cleared under the lock
-    with claim_output(out, "codes"), disk_full_is_user_error(out, DISK_FULL_INTACT):
+    with claim_output(out, "codes"), disk_full_is_user_error(out, REPLACED_WHOLE):
         try:
             if state.is_main_process:
                 shutil.rmtree(staging, ignore_errors=True)

@@ -221,6 +221,8 @@ def _release_all_locks() -> None:
 
 # A full disk, a quota or a file-size limit: the run itself is fine, the medium is not.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# What is intact after a disk-full error in a folder written whole by `atomic_path`.
+REPLACED_WHOLE = "the folder is as it was before this run (nothing half-written); free some space and run it again"
 
 
 @contextmanager

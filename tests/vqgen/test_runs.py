@@ -208,8 +208,8 @@ def test_a_bad_line_inside_metrics_is_refused(tmp_path):
 
 def test_a_full_disk_is_one_line_naming_the_path(tmp_path):
     with pytest.raises(VqgenError) as err, disk_full_is_user_error(tmp_path / "out", "nothing was lost"):
-        with open("/dev/full", "w") as f:  # a real ENOSPC from the kernel
-            f.write("x")
+        with open("/dev/full", "wb", buffering=0) as f:  # a real ENOSPC from the kernel
+            f.write(b"x")
     assert str(err.value) == f"{tmp_path / 'out'}: could not write (No space left on device); nothing was lost"
     with pytest.raises(PermissionError), disk_full_is_user_error(tmp_path, "-"):  # other errors pass through
         raise PermissionError(13, "denied")
