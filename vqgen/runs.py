@@ -102,6 +102,9 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
 }
 
 
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # `atomic_path`'s mkdtemp names
+
+
 def claim_output(path: str | Path, kind: str) -> OutputLock:
     """Lock the output folder `path` for this process and check that a command of `kind` may write
     it: a missing path, an empty folder or a folder of that kind (its metadata file inside). Anything
@@ -129,11 +132,12 @@ def _check_own(path: Path, kind: OutputKind) -> None:
     if not path.is_dir():
         raise VqgenError(f"{path}: is a file, not a folder; vqgen writes only into a new or empty folder or "
                          f"{kind.what}: choose another --out")
-    if not any(path.iterdir()) or kind.marks(path):
+    # A run killed before its first file was renamed into place leaves only a temporary beside it.
+    names = sorted(p.name for p in path.iterdir() if not TEMPORARY.match(p.name))
+    if not names or kind.marks(path):
         return
     found = [name for name, other in OUTPUT_KINDS.items() if other.marks(path)]
-    holds = OUTPUT_KINDS[found[0]].what if found else "files vqgen did not write (" + \
-        ", ".join(sorted(p.name for p in path.iterdir())[:3]) + ")"
+    holds = OUTPUT_KINDS[found[0]].what if found else f"files vqgen did not write ({', '.join(names[:3])})"
     raise VqgenError(f"{path}: holds {holds}; vqgen writes only into a new or empty folder or {kind.what}, "
                      "and never deletes what is there: choose another --out")
 

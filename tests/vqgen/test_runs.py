@@ -102,7 +102,8 @@ def test_claim_accepts_a_new_an_empty_and_an_own_folder_and_locks_it(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "codes").mkdir()
     (tmp_path / "codes" / "vqgen_codes.json").write_text("{}")
-    for name in ("new", "empty", "codes"):
+    (tmp_path / "killed" / ".vqgen_codes.json.k1ll3d_x.tmp").mkdir(parents=True)  # killed before its first rename
+    for name in ("new", "empty", "codes", "killed"):
         with claim_output(tmp_path / name, "codes"):
             assert (tmp_path / f".{name}.lock").read_text() == f"{os.getpid()}\n"
         assert not (tmp_path / f".{name}.lock").exists()  # released
