@@ -23,7 +23,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from vqgen.config import to_dict
+from vqgen.config import setting, to_dict
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
@@ -107,8 +107,9 @@ class Classifier(PreTrainedModel):
 @dataclass
 class ClassifierRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    widths: tuple[int, ...] = (32, 64, 128)
-    feature_dim: int = 128
+    widths: tuple[int, ...] = setting((32, 64, 128), "channels of each conv stage (each halves the image)",
+                                      ge=1, min_length=1)
+    feature_dim: int = setting(128, "width of the feature layer that classifier FID uses", ge=1)
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=400, batch_size=128, lr=3e-3, warmup_steps=20,
                                             weight_decay=1e-4, eval_every=400, save_every=400, log_every=25)

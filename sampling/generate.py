@@ -22,6 +22,7 @@ from transformers import DynamicCache, StaticCache
 
 from sampling.logits import Filters, SampleNoise, guide, pick
 from stage2_prior.vocab import PriorVocab
+from vqgen.config import setting
 from vqgen.errors import VqgenError
 
 UNCOND = -1  # the label of an unconditional sample
@@ -37,16 +38,17 @@ class SampleConfig:
     unconditional token (the only choice for an unconditional prior).
     """
 
-    n: int = 64
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    cfg_scale: float = 1.0  # classifier-free guidance; 1.0: none (conditional logits only)
-    classes: list[int] | None = None
-    per_class: int = 0
-    batch_size: int = 64
-    seed: int = 0
-    kv_cache: str = "dynamic"  # dynamic | static | none (recompute the prefix: a reference, slow)
+    n: int = setting(64, "number of images (unless per_class > 0)", ge=1)
+    temperature: float = setting(1.0, "0: greedy", ge=0)
+    top_k: int = setting(0, "keep the k most likely codes; 0: off", ge=0)
+    top_p: float = setting(1.0, "keep the most likely codes up to probability p; 1.0: off", gt=0, le=1)
+    cfg_scale: float = setting(1.0, "classifier-free guidance; 1.0: none (conditional logits only)", ge=0)
+    classes: list[int] | None = setting(None, "class ids to draw from (-1: unconditional); null: all", ge=-1)
+    per_class: int = setting(0, "images per class, class-balanced; 0: n images", ge=0)
+    batch_size: int = setting(64, "images drawn at once", ge=1)
+    seed: int = setting(0, "sample i depends on (seed, i) only", ge=0)
+    kv_cache: str = setting("dynamic", "none recomputes the prefix: a reference, slow",
+                            choices=("dynamic", "static", "none"))
 
     @property
     def filters(self) -> Filters:

@@ -23,7 +23,7 @@ from torchvision.utils import save_image
 
 from stage1_vqvae.losses import RECONSTRUCTION, psnr_from_mse, tokenizer_loss
 from stage1_vqvae.model import PRESETS, TRAINING_FILE, VQVAE, VQVAEConfig
-from vqgen.config import check_kwargs, to_dict
+from vqgen.config import check_kwargs, setting, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
@@ -45,9 +45,9 @@ def tokenizer_train_defaults() -> TrainConfig:
 @dataclass
 class TokenizerRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    preset: str = "small"  # a key of stage1_vqvae.model.PRESETS
-    model: dict = field(default_factory=dict)  # VQVAEConfig overrides on top of the preset
-    recon_loss: str = "mse"  # mse | l1
+    preset: str = setting("small", "tokenizer size (stage1_vqvae.model.PRESETS)", choices=tuple(PRESETS))
+    model: dict = setting({}, "VQVAEConfig overrides on top of the preset")
+    recon_loss: str = setting("mse", "pixel reconstruction loss", choices=("mse", "l1"))
     train: TrainConfig = field(default_factory=tokenizer_train_defaults)
 
 

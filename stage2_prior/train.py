@@ -27,6 +27,7 @@ from stage2_prior.gpt import build_gpt, gpt_code_logits
 from stage2_prior.load import ARCHS, PriorMeta, write_prior_meta
 from stage2_prior.pixelcnn import build_pixelcnn
 from stage2_prior.vocab import PriorVocab
+from vqgen.config import setting
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
@@ -39,12 +40,13 @@ def prior_train_defaults() -> TrainConfig:
 
 @dataclass
 class PriorRunConfig:
-    codes: str = ""  # a folder written by `vqgen dump-codes` (required)
-    arch: str = "gpt"  # gpt | pixelcnn
-    preset: str = "small"  # demo | tiny | small | base | large
-    family: str = "llama"  # gpt only: llama | gpt2
-    model: dict = field(default_factory=dict)  # config overrides, checked against the config class
-    label_dropout: float = 0.1  # p of training on the unconditional token (classifier-free guidance)
+    codes: str = setting("", "a folder written by `vqgen dump-codes` (required)")
+    arch: str = setting("gpt", "prior architecture", choices=ARCHS)
+    preset: str = setting("small", "model size: demo | tiny | small | base | large")
+    family: str = setting("llama", "gpt only: the transformers model family", choices=("llama", "gpt2"))
+    model: dict = setting({}, "config overrides, checked against the config class")
+    label_dropout: float = setting(0.1, "p of training on the unconditional token (classifier-free guidance)",
+                                   ge=0, lt=1)
     train: TrainConfig = field(default_factory=prior_train_defaults)
 
 

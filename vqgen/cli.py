@@ -11,15 +11,18 @@ the stage's settings alone. This is the only module that parses arguments or wri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vqgen import __version__
-from vqgen.config import apply, parse_overrides, read_yaml
+from vqgen.config import Rule, help_of, load_config, parse_overrides, rule_of
 from vqgen.errors import VqgenError
 
 COMMANDS: dict[str, str] = {
@@ -42,6 +45,12 @@ RESUME_HINT: dict[str, str] = {
     "sample": "run the same command again: finished images are kept and skipped",
     "pipeline": "run the same command again: finished stages are skipped",
 }
+
+# Counts given as plain flags. An Inception covariance needs two images (one gives NaN); 0: all.
+AT_LEAST_ONE = Rule(ge=1)
+FID_COUNT = Rule(ge=2, choices=(0,))
+# SampleConfig fields that are also `vqgen sample` flags (--top-k sets top_k).
+SAMPLE_FLAGS = ("n", "temperature", "top_k", "top_p", "cfg_scale", "per_class", "batch_size", "seed")
 
 
 def configure_runtime() -> None:
@@ -80,63 +89,56 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("dump-codes", "reconstruct", "sample"):
         p[name].add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder (or its run)")
     p["dump-codes"].add_argument("--splits", default="train,val", help="comma-separated splits to encode")
-    p["dump-codes"].add_argument("--batch-size", type=int, default=256)
-    p["reconstruct"].add_argument("--n", type=int, default=64, help="images in the side-by-side PNG")
-    p["reconstruct"].add_argument("--rfid-n", type=int, default=0, help="val images for rFID (0: --n)")
+    p["dump-codes"].add_argument("--batch-size", type=checked(int, AT_LEAST_ONE), default=256,
+                                 help="images encoded at once")
+    p["reconstruct"].add_argument("--n", type=checked(int, AT_LEAST_ONE), default=64,
+                                  help="images in the side-by-side PNG")
+    p["reconstruct"].add_argument("--rfid-n", type=checked(int, FID_COUNT), default=0,
+                                  help="val images for rFID (0: --n)")
     p["train-prior"].add_argument("--codes", help="code-grid folder written by dump-codes")
     p["train-prior"].add_argument("--arch", choices=("gpt", "pixelcnn"))
     p["train-prior"].add_argument("--preset", help="model size preset (see README)")
     _sample_flags(p["sample"])
     p["fid-ref"].add_argument("--split", default="test")
-    p["fid-ref"].add_argument("--n", type=int, default=0, help="reference images (0: the whole split)")
+    p["fid-ref"].add_argument("--n", type=checked(int, FID_COUNT), default=0,
+                              help="reference images (0: the whole split)")
     p["fid"].add_argument("--samples", type=Path, required=True, help="folder of PNG samples")
     p["fid"].add_argument("--ref", required=True, help="reference .npz (ours or pytorch-fid's) or a data spec")
-    p["fid"].add_argument("--n", type=int, default=0, help="samples to score (0: all)")
-    p["fid"].add_argument("--ref-n", type=int, default=0, help="test images of a --ref data spec (0: all)")
+    p["fid"].add_argument("--n", type=checked(int, FID_COUNT), default=0, help="samples to score (0: all)")
+    p["fid"].add_argument("--ref-n", type=checked(int, FID_COUNT), default=0,
+                          help="test images of a --ref data spec (0: all)")
     for name in ("fid-ref", "fid", "reconstruct", "pipeline"):
         p[name].add_argument("--inception-weights", type=Path, help="pytorch-fid or torch-fidelity weights")
     return parser
 
 
 def _sample_flags(p: argparse.ArgumentParser) -> None:
+    from sampling.generate import SampleConfig
+
     p.add_argument("--prior", type=Path, required=True, help="prior folder (or its run)")
-    p.add_argument("--n", type=int, help="number of images")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (1: none)")
     p.add_argument("--classes", help="comma-separated class ids to draw from, e.g. 0,3,7")
-    p.add_argument("--per-class", type=int, help="images per class (class-balanced)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--seed", type=int)
+    fields = {f.name: f for f in dataclasses.fields(SampleConfig)}
+    hints = typing.get_type_hints(SampleConfig)
+    for name in SAMPLE_FLAGS:
+        kind = next(a for a in (*typing.get_args(hints[name]), hints[name]) if a in (int, float))
+        p.add_argument("--" + name.replace("_", "-"), type=checked(kind, rule_of(fields[name])), help=help_of(fields[name]))
 
 
-def stage_settings(path: Path | None, section: str, overrides: list[str], flags: dict[str, Any]) -> dict:
-    """Settings for one stage: its section of a pipeline YAML (with `data:`) or a stage YAML,
-    then named flags, then --key=value overrides."""
-    values: dict = {}
-    if path is not None:
-        raw = read_yaml(path)
-        values = {**raw.get(section, {}), **({"data": raw["data"]} if "data" in raw else {})} if section in raw else raw
-    for key, value in flags.items():
-        if value is not None:
-            node = values
-            *parents, leaf = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
-    return _merge(values, parse_overrides(overrides))
+def checked(kind: type, rule: Rule) -> Callable[[str], Any]:
+    """An argparse `type=`: the flag's text as `kind` (int or float), refused with a one-line usage
+    error before any work unless it keeps `rule`."""
 
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        problem = rule.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def _settings(cls: type, values: dict, source: str):
-    return apply(cls(), values, source=source)
+    return parse
 
 
 def run(args: argparse.Namespace, overrides: list[str]) -> str:
@@ -148,8 +150,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> str:
 def _cmd_train_tokenizer(args, overrides):
     from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 
-    values = stage_settings(args.config, "tokenizer", overrides, _data_flags(args))
-    cfg = _settings(TokenizerRunConfig, values, str(args.config or "command line"))
+    cfg = load_config(TokenizerRunConfig, args.config, overrides, section="tokenizer", flags=_data_flags(args))
     return f"tokenizer: {train_tokenizer(cfg, args.out, resume=args.resume)}"
 
 
@@ -173,13 +174,14 @@ def _cmd_reconstruct(args, overrides):
 def _data_config(args, overrides, tokenizer: Path | None = None):
     """Data settings from the flags, on top of the tokenizer's own training data when there is one
     (an image size or channel count other than the tokenizer's would only be refused later)."""
-    from stage1_vqvae.model import TRAINING_FILE, tokenizer_folder, training_data
+    from stage1_vqvae.load import TRAINING_FILE, tokenizer_folder, training_data
     from vqgen.data import DataConfig
 
     trained = tokenizer is not None and (tokenizer_folder(tokenizer) / TRAINING_FILE).is_file()
     base = training_data(tokenizer) if trained else DataConfig()
-    values = stage_settings(None, "data", overrides, _data_flags(args))
-    return apply(base, values.get("data", {}), source="command line")
+    # A holder of `data` alone, so that any other --section.key is refused as unknown.
+    holder = dataclasses.make_dataclass("DataSettings", [("data", DataConfig)])
+    return load_config(holder, None, overrides, flags=_data_flags(args), base=holder(base)).data
 
 
 def _data_flags(args) -> dict[str, Any]:
@@ -190,9 +192,7 @@ def _cmd_train_prior(args, overrides):
     from stage2_prior.train import PriorRunConfig, train_prior
 
     flags = {"codes": args.codes, "arch": args.arch, "preset": args.preset}
-    values = stage_settings(args.config, "prior", overrides, flags)
-    values.pop("data", None)
-    cfg = _settings(PriorRunConfig, values, str(args.config or "command line"))
+    cfg = load_config(PriorRunConfig, args.config, overrides, section="prior", flags=flags)
     if not cfg.codes:
         raise VqgenError("train-prior: no code grids given; pass --codes DIR (written by vqgen dump-codes)")
     return f"prior: {train_prior(cfg, args.out, resume=args.resume)}"
@@ -202,11 +202,9 @@ def _cmd_sample(args, overrides):
     from sampling.decode import sample
     from sampling.generate import SampleConfig
 
-    classes = _class_ids(args.classes) if args.classes else None
-    flags = {"n": args.n, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-             "cfg_scale": args.cfg_scale, "classes": classes, "per_class": args.per_class,
-             "batch_size": args.batch_size, "seed": args.seed}
-    cfg = _settings(SampleConfig, stage_settings(None, "sample", overrides, flags), "command line")
+    flags = {name: getattr(args, name) for name in SAMPLE_FLAGS}
+    flags["classes"] = _class_ids(args.classes) if args.classes else None
+    cfg = load_config(SampleConfig, None, overrides, flags=flags)
     return f"samples: {sample(args.prior, args.tokenizer, cfg, args.out)}"
 
 
@@ -230,7 +228,7 @@ def _cmd_fid(args, overrides):
     from eval.report import check_report_out, write_report
 
     # --data.* settings describe a --ref data spec; the samples' own size and channels fill the rest.
-    values = stage_settings(None, "data", overrides, {})
+    values = parse_overrides(overrides)
     if set(values) - {"data"}:
         raise VqgenError(f"vqgen fid: --{sorted(set(values) - {'data'})[0]}.* is not a fid setting; only --data.* "
                          "(for a --ref data spec) is")
@@ -252,16 +250,14 @@ def _cmd_fid(args, overrides):
 def _cmd_train_classifier(args, overrides):
     from eval.classifier import ClassifierRunConfig, train_classifier
 
-    values = stage_settings(args.config, "classifier", overrides, _data_flags(args))
-    cfg = _settings(ClassifierRunConfig, values, str(args.config or "command line"))
+    cfg = load_config(ClassifierRunConfig, args.config, overrides, section="eval.classifier", flags=_data_flags(args))
     return f"classifier: {train_classifier(cfg, args.out, resume=args.resume)}"
 
 
 def _cmd_pipeline(args, overrides):
     from vqgen.pipeline import pipeline_config, run_pipeline
 
-    values = read_yaml(args.config) if args.config else {}
-    cfg = pipeline_config(_merge(values, parse_overrides(overrides)), str(args.config or "command line"))
+    cfg = pipeline_config(args.config, overrides)
     report = run_pipeline(cfg, args.out, inception_weights=args.inception_weights, echo=_echo)
     return f"report: {report}"
 

@@ -2,20 +2,28 @@
 
     cfg = load_config(PipelineConfig, "configs/fashion-mnist.yaml", ["--prior.train.steps=500"])
 
-Unknown keys and values of the wrong type raise `VqgenError` naming the file and the key, so a
-typo never passes silently (a plain transformers config would keep it as an attribute). Sections
-typed `dict` (a model's architecture) are passed through as they are; the model's own config
-class checks them against its signature with `check_kwargs`.
+Each field is declared with `setting(default, help, ge=..., choices=...)`: its help text and the
+values it takes live beside it, so one declaration feeds the checks here and the command line's
+help. Unknown keys, values of the wrong type and values out of range raise `VqgenError` naming the
+source (the YAML file, or the command line), the dotted key and the fix, so a typo never passes
+silently (a plain transformers config would keep it as an attribute). Sections typed `dict` (a
+model's architecture) are passed through as they are; the model's own config class checks them
+against its signature with `check_kwargs`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import inspect
+import math
+import re
 import types
 import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import yaml
 
@@ -23,15 +31,144 @@ from vqgen.errors import VqgenError
 
 T = TypeVar("T")
 
+COMMAND_LINE = "command line"
+# YAML 1.1 (PyYAML) reads `1e-3` and `1.0e3` as strings: a float field accepts these spellings.
+_FLOAT_TEXT = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)(e[-+]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of `cls`, then the YAML file at `path`, then `--a.b=value` overrides."""
-    cfg = cls()
-    if path is not None:
-        cfg = apply(cfg, read_yaml(path), source=str(path))
-    if overrides:
-        cfg = apply(cfg, parse_overrides(overrides), source="command line")
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The values a setting takes beside its type. A number must lie in the range (ge/gt/le/lt) or
+    be one of `choices` (e.g. 0 for "0: all"); a float must be finite; a list or tuple has
+    `length` items (or at least `min_length`) and its rule applies to each item."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple = ()
+    length: int | None = None
+    min_length: int = 0
+
+    def describe(self, many: bool = False) -> str:
+        """The rule in words, e.g. '>= 1', 'in (0, 1)', '0 or >= 2', 'one of no, fp16, bf16', or for a
+        list or tuple (`many`, implied by a length) '2 values, each in [0, 1)'."""
+        item = " or ".join(filter(None, (", ".join(map(str, self.choices)), self._range())))
+        if self.choices and not self._range():
+            item = f"one of {item}" if len(self.choices) > 1 else item
+        count = (f"{self.length} values" if self.length is not None
+                 else f"at least {self.min_length} value(s)" if self.min_length else "values" if many else "")
+        return ", each ".join(filter(None, (count, item)))
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` breaks the rule ('must be >= 1'), or None when it keeps it."""
+        if isinstance(value, list | tuple):
+            too_few = len(value) < self.min_length or self.length not in (None, len(value))
+            bad = too_few or any(self._item_problem(v) for v in value)
+            return f"must be {self.describe(many=True)}" if bad else None
+        return self._item_problem(value)
+
+    def _item_problem(self, value: Any) -> str | None:
+        if value is None or isinstance(value, bool | dict):
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number" + (f" {self.describe()}" if self.describe() else "")
+        if value in self.choices or (not self.choices and not self._range()):
+            return None
+        if self._range() and isinstance(value, int | float) and self._in_range(value):
+            return None
+        return f"must be {self.describe()}"
+
+    def _in_range(self, x: float) -> bool:
+        return all((self.ge is None or x >= self.ge, self.gt is None or x > self.gt,
+                    self.le is None or x <= self.le, self.lt is None or x < self.lt))
+
+    def _range(self) -> str:
+        low = f"[{_num(self.ge)}" if self.ge is not None else f"({_num(self.gt)}" if self.gt is not None else None
+        high = f"{_num(self.le)}]" if self.le is not None else f"{_num(self.lt)})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if low[0] == '[' else '>'} {low[1:]}"
+        if high:
+            return f"{'<=' if high[-1] == ']' else '<'} {high[:-1]}"
+        return ""
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,
+            **rule: Any) -> Any:
+    """A dataclass field with its help text and `Rule` (ge, gt, le, lt, choices, length, min_length):
+    `batch_size: int = setting(64, "global batch", ge=1)`. Lists and dicts are copied per instance."""
+    metadata = {"help": help, "rule": Rule(**rule)}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    if isinstance(default, list | dict | set):
+        return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def rule_of(f: dataclasses.Field) -> Rule:
+    return f.metadata.get("rule", Rule())
+
+
+def help_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+class Layer(NamedTuple):
+    """One source of settings: its values, where they come from, and the prefix its keys are named
+    with in errors ('tokenizer.' for a pipeline YAML's section, '--' on the command line)."""
+
+    values: dict
+    source: str
+    prefix: str = ""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (), *,
+                section: str | None = None, flags: dict[str, Any] | None = None, base: T | None = None) -> T:
+    """Defaults of `cls` (or `base`), then the YAML file at `path`, then named `flags`
+    ({"data.spec": ...}, None for unset), then `--a.b=value` overrides; every value checked."""
+    cfg = cls() if base is None else base
+    for layer in config_layers(cls, path, overrides, section=section, flags=flags):
+        cfg = apply(cfg, *layer)
     return cfg
+
+
+def config_layers(cls: type, path: str | Path | None = None, overrides: Iterable[str] = (), *,
+                  section: str | None = None, flags: dict[str, Any] | None = None) -> list[Layer]:
+    """The sources of settings in the order they apply: the file first, the command line last, so
+    that an error names the source that holds the bad key.
+
+    A pipeline YAML (one holding the dotted `section`, e.g. 'eval.classifier') gives that section,
+    and its top-level `data:` when `cls` has data settings; any other YAML is `cls`'s settings alone."""
+    layers = []
+    if path is not None:
+        raw = read_yaml(path)
+        node = _section(raw, section) if section else None
+        if node is None:
+            layers.append(Layer(raw, str(path)))
+        else:
+            layers.append(Layer(node, str(path), f"{section}."))
+            if "data" in raw and "data" in {f.name for f in dataclasses.fields(cls)}:
+                layers.append(Layer({"data": raw["data"]}, str(path)))
+    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    if given:
+        layers.append(Layer(nest(given.items()), COMMAND_LINE, "--"))
+    overrides = list(overrides)
+    if overrides:
+        layers.append(Layer(parse_overrides(overrides), COMMAND_LINE, "--"))
+    return layers
+
+
+def _section(raw: dict, dotted: str) -> dict | None:
+    node: Any = raw
+    for key in dotted.split("."):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -49,14 +186,21 @@ def read_yaml(path: str | Path) -> dict:
 
 def parse_overrides(args: list[str]) -> dict:
     """`["--prior.train.steps=500", "--data.spec=mnist"]` -> nested dict, values parsed as YAML."""
-    out: dict = {}
+    pairs = []
     for arg in args:
         key, sep, raw = arg.removeprefix("--").partition("=")
         if not sep or not key:
-            raise VqgenError(f"command line: '{arg}' is not a setting; write --section.key=value")
-        value = yaml.safe_load(raw) if raw != "" else ""
+            raise VqgenError(f"{COMMAND_LINE}: '{arg}' is not a setting; write --section.key=value")
+        pairs.append((key.replace("-", "_"), yaml.safe_load(raw) if raw != "" else ""))
+    return nest(pairs)
+
+
+def nest(pairs: Iterable[tuple[str, Any]]) -> dict:
+    """[("a.b", 1), ("a.c", 2)] -> {"a": {"b": 1, "c": 2}}."""
+    out: dict = {}
+    for key, value in pairs:
         node = out
-        *parents, leaf = key.replace("-", "_").split(".")
+        *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
@@ -64,7 +208,7 @@ def parse_overrides(args: list[str]) -> dict:
 
 
 def apply(cfg: T, values: dict, source: str, prefix: str = "") -> T:
-    """A copy of dataclass `cfg` with `values` applied, checking every key and type."""
+    """A copy of dataclass `cfg` with `values` applied, checking every key, type and range."""
     fields = {f.name: f for f in dataclasses.fields(cfg)}
     hints = typing.get_type_hints(type(cfg))
     changes = {}
@@ -79,12 +223,35 @@ def apply(cfg: T, values: dict, source: str, prefix: str = "") -> T:
                 raise VqgenError(f"{source}: '{name}' is a section; give it a mapping of settings")
             changes[key] = apply(current, value, source, prefix=f"{name}.")
         else:
-            changes[key] = coerce(value, hints[key], name, source)
+            changes[key] = check_value(coerce(value, hints[key], name, source), fields[key], name, source)
     return dataclasses.replace(cfg, **changes)
 
 
+def check(cfg: T, prefix: str = "", source: str = "") -> T:
+    """`cfg` itself when every setting in it (sections included) keeps its rule: for configs built
+    in Python, which `apply` never saw."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check(value, f"{prefix}{f.name}.", source)
+        else:
+            check_value(value, f, prefix + f.name, source)
+    return cfg
+
+
+def check_value(value: Any, f: dataclasses.Field, name: str, source: str) -> Any:
+    """`value` when it keeps the rule of field `f`, else one line naming the key and the rule."""
+    problem = rule_of(f).problem(value)
+    if problem is None:
+        return value
+    helps = f" ({help_of(f)})" if help_of(f) else ""
+    where = f"{source}: " if source else ""
+    raise VqgenError(f"{where}{name} {problem}, got {value!r}{helps}; fix the value")
+
+
 def coerce(value: Any, hint: Any, name: str, source: str) -> Any:
-    """Check `value` against the type hint `hint`, converting where it is lossless (int -> float)."""
+    """Check `value` against the type hint `hint`, converting where it is lossless (int -> float,
+    and a float written as text, which YAML 1.1 makes of `1e-3`)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -109,6 +276,8 @@ def coerce(value: Any, hint: Any, name: str, source: str) -> Any:
             raise _type_error(value, hint, name, source)
         return dict(value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
         return float(value)
     if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
@@ -139,6 +308,3 @@ def to_dict(cfg: Any) -> dict:
     """A plain, YAML-ready dict of a config dataclass."""
     return dataclasses.asdict(cfg)
 
-
-def dump_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from vqgen import checkpoint
+from vqgen.config import check, setting
 from vqgen.errors import VqgenError
 from vqgen.runs import MetricsLog, atomic_path, read_json, write_json
 
@@ -41,24 +42,24 @@ CHECKPOINT = re.compile(r"^step_(\d{8})$")
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 64  # global batch, over all processes and accumulation steps
-    grad_accum: int = 1
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.0  # applied to matrices only (params with ndim >= 2)
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  # 0 turns clipping off
-    ema_decay: float = 0.0  # 0 turns the EMA of weights off
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    eval_every: int = 500
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    num_workers: int = 0
-    eval_batches: int = 0  # 0: the whole val set
+    steps: int = setting(2000, "optimizer steps", ge=1)
+    batch_size: int = setting(64, "global batch, over all processes and accumulation steps", ge=1)
+    grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1)
+    lr: float = setting(3e-4, "peak learning rate", gt=0)
+    min_lr_ratio: float = setting(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)
+    warmup_steps: int = setting(100, "linear warmup steps", ge=0)
+    weight_decay: float = setting(0.0, "applied to matrices only (params with ndim >= 2)", ge=0)
+    betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas", length=2, ge=0, lt=1)
+    grad_clip: float = setting(1.0, "max gradient norm; 0 turns clipping off", ge=0)
+    ema_decay: float = setting(0.0, "decay of the EMA of weights; 0 turns it off", ge=0, lt=1)
+    mixed_precision: str = setting("no", "autocast precision", choices=("no", "fp16", "bf16"))
+    eval_every: int = setting(500, "steps between evaluations", ge=1)
+    save_every: int = setting(500, "steps between checkpoints", ge=1)
+    keep_checkpoints: int = setting(2, "newest checkpoints kept", ge=1)
+    log_every: int = setting(10, "steps between metrics lines", ge=1)
+    seed: int = setting(0, "seeds the initial weights and the data order", ge=0, le=2**32 - 1)
+    num_workers: int = setting(0, "data loader worker processes", ge=0)
+    eval_batches: int = setting(0, "val batches per evaluation; 0: the whole val set", ge=0)
 
 
 class TrainTask(Protocol):
@@ -152,6 +153,7 @@ def warmup_cosine(cfg: TrainConfig):
 
 def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> Path:
     """Train `task.model` for `cfg.steps` optimizer steps; return the folder of the saved model."""
+    check(cfg, "train.")  # a TrainConfig built in Python has not been through the config loader
     out_dir = Path(out_dir)
     accelerator = _accelerator(cfg)
     set_seed(cfg.seed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,10 @@ from sampling.generate import SampleConfig
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 from stage2_prior.train import PriorRunConfig, train_prior
-from vqgen.config import apply, to_dict
-from vqgen.data import DataConfig, load_images
+from vqgen.config import Layer, apply, config_layers, setting, to_dict
+from vqgen.data import SPLITS, DataConfig, load_images
 from vqgen.errors import VqgenError
+from vqgen.preflight import check_pipeline
 from vqgen.report import write_run_report
 from vqgen.runs import MetricsLog, atomic_path, finished_record, run_stage
 
@@ -40,12 +41,13 @@ RUNTIME_ONLY = {"train": ("log_every", "eval_every", "save_every", "keep_checkpo
 
 @dataclass
 class EvalConfig:
-    inception_n: int = 1000  # samples scored with Inception FID/KID (0: all of them)
-    ref_split: str = "test"
-    ref_n: int = 0  # reference images (0: the whole split)
-    recon_n: int = 64  # val images in reconstructions.png
-    rfid_n: int = 1000  # val images for rFID
-    use_classifier: bool = True  # small-data classifier FID/IS, for labelled data sets
+    # KID needs 4 images a side, rFID's covariance 2.
+    inception_n: int = setting(1000, "samples scored with Inception FID/KID; 0: all of them", ge=4, choices=(0,))
+    ref_split: str = setting("test", "the split the samples are compared with", choices=SPLITS)
+    ref_n: int = setting(0, "reference images; 0: the whole split", ge=4, choices=(0,))
+    recon_n: int = setting(64, "val images in reconstructions.png", ge=1)
+    rfid_n: int = setting(1000, "val images for rFID; 0: recon_n", ge=2, choices=(0,))
+    use_classifier: bool = setting(True, "small-data classifier FID/IS, for labelled data sets")
     classifier: ClassifierRunConfig = field(default_factory=ClassifierRunConfig)
 
 
@@ -58,21 +60,28 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def pipeline_config(values: dict, source: str) -> PipelineConfig:
-    """The PipelineConfig of a YAML's values (with overrides merged in), its stages reading `data:`."""
+def pipeline_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
+    """Defaults, then the YAML at `path`, then `--section.key=value` overrides; the tokenizer and
+    the classifier read the top-level `data:`."""
+    cfg = PipelineConfig()
+    for layer in config_layers(PipelineConfig, path, overrides):
+        _refuse_stage_data(layer)
+        cfg = apply(cfg, *layer)
+    classifier = dataclasses.replace(cfg.eval.classifier, data=cfg.data)
+    return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, data=cfg.data),
+                               eval=dataclasses.replace(cfg.eval, classifier=classifier))
+
+
+def _refuse_stage_data(layer: Layer) -> None:
     for path in SHARED_DATA:
-        node = values
+        node = layer.values
         for key in path:
             node = node.get(key, {}) if isinstance(node, dict) else {}
         if isinstance(node, dict) and "data" in node:
             raise VqgenError(
-                f"{source}: {'.'.join(path)}.data: the pipeline uses one data set for every stage; "
-                "set it in the top-level data: section"
+                f"{layer.source}: {layer.prefix}{'.'.join(path)}.data: the pipeline uses one data set for every "
+                "stage; set it in the top-level data: section"
             )
-    cfg = apply(PipelineConfig(), values, source=source)
-    classifier = dataclasses.replace(cfg.eval.classifier, data=cfg.data)
-    return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, data=cfg.data),
-                               eval=dataclasses.replace(cfg.eval, classifier=classifier))
 
 
 def resolved_yaml(cfg: PipelineConfig) -> str:
@@ -124,6 +133,7 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, inception_weights: str | 
     """Run (or resume) every stage into `out`; returns the path of report.md. `cfg` comes from
     `pipeline_config`, so the tokenizer and the classifier read the top-level `data:`."""
     ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None)
+    check_pipeline(cfg, ctx.inception_weights)  # before anything runs or is written
     ctx.out.mkdir(parents=True, exist_ok=True)
     stages = _stages(ctx)
     for name, _ in stages:  # refuse changed settings before config.yaml says they ran

@@ -4,25 +4,11 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from vqgen.cli import main
 
 TINY_DATA = ["--data.image_size=16", "--data.val_fraction=0.25"]
 TRAIN = ["--train.batch_size=8", "--train.warmup_steps=1", "--train.eval_every=3", "--train.save_every=3"]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """Two classes of 16x16 grey images: dark blobs and bright blobs."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for name, level in (("dark", 60), ("bright", 190)):
-        (root / name).mkdir()
-        for i in range(16):
-            pixels = np.clip(rng.normal(level, 30, (16, 16)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels, mode="L").save(root / name / f"{i:02d}.png")
-    return root
 
 
 def one_error_line(capsys, command: str) -> str:
@@ -34,8 +20,10 @@ def one_error_line(capsys, command: str) -> str:
 
 def test_every_subcommand_end_to_end(tmp_path, folder, capsys):
     data = ["--data", f"folder:{folder}", *TINY_DATA]
+    # 1e-3 is a string to YAML 1.1; it is a float here.
     assert main(["train-tokenizer", *data, "--out", str(tmp_path / "tok"), "--preset=tiny", "--train.steps=3",
-                 *TRAIN]) == 0
+                 "--train.lr=1e-3", *TRAIN]) == 0
+    assert json.loads((tmp_path / "tok" / "model" / "vqgen_tokenizer.json").read_text())["data"]["image_size"] == 16
     assert (tmp_path / "tok" / "model" / "model.safetensors").is_file()
 
     # dump-codes and reconstruct read the tokenizer's own data settings: no --data needed.
@@ -85,7 +73,8 @@ def test_every_subcommand_end_to_end(tmp_path, folder, capsys):
         (["train-prior", "--codes", "{tmp}/none", "--out", "{tmp}/p"], "train-prior", "{tmp}/none"),
         (["sample", "--prior", "{tmp}/p", "--tokenizer", "{tmp}/t", "--classes", "0,x", "--out", "{tmp}/s"],
          "sample", "--classes '0,x'"),
-        (["train-tokenizer", "--out", "{tmp}/t", "--train.stepz=3"], "train-tokenizer", "unknown setting 'train.stepz'"),
+        (["train-tokenizer", "--out", "{tmp}/t", "--train.stepz=3"], "train-tokenizer",
+         "command line: unknown setting '--train.stepz'"),
     ],
 )
 def test_user_mistakes_are_one_line(tmp_path, capsys, argv, command, fragment):
@@ -103,3 +92,94 @@ def test_skip_bad_flag_skips_an_unreadable_image(tmp_path, folder, capsys):
     assert main([*argv, "--out", str(tmp_path / "a")]) == 2
     assert "broken.png" in one_error_line(capsys, "train-tokenizer")
     assert main([*argv, "--skip-bad", "--out", str(tmp_path / "b")]) == 0
+
+
+def exit_code(argv: list[str]) -> int:
+    """main's return value, or the status of argparse's exit on a bad flag."""
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+SAMPLE = ["sample", "--prior", "{tmp}/p", "--tokenizer", "{tmp}/t"]
+FID = ["fid", "--samples", "{tmp}/s", "--ref", "{tmp}/ref.npz"]
+
+
+@pytest.mark.parametrize(
+    "argv,key",
+    [
+        *[(["train-tokenizer", f"--train.{k}={v}"], f"--train.{k}") for k, v in [
+            ("batch_size", 0), ("grad_accum", 0), ("save_every", 0), ("eval_every", 0), ("log_every", 0),
+            ("keep_checkpoints", 0), ("steps", 0), ("steps", -5), ("lr", ".nan"), ("lr", "-1e-3"), ("lr", ".inf"),
+            ("betas", "[0.9]"), ("betas", "[0.9, 1.5]"), ("weight_decay", -0.1), ("grad_clip", -1),
+            ("ema_decay", 1), ("mixed_precision", "fp8x"), ("seed", -1), ("warmup_steps", -1),
+            ("min_lr_ratio", 2), ("num_workers", -1), ("eval_batches", -1)]],
+        *[(["train-tokenizer", f"--data.{k}={v}"], f"--data.{k}") for k, v in [
+            ("val_fraction", ".nan"), ("val_fraction", 1), ("val_fraction", 0), ("image_size", 0), ("channels", 2),
+            ("resize", "zoom"), ("max_images", -1), ("split_seed", -1)]],
+        (["train-tokenizer", "--recon_loss=l3"], "--recon_loss"),
+        (["train-tokenizer", "--preset=huge"], "--preset"),
+        (["train-prior", "--codes", "{tmp}/c", "--label_dropout=1"], "--label_dropout"),
+        (["train-prior", "--codes", "{tmp}/c", "--family=gpt3"], "--family"),
+        (["train-prior", "--codes", "{tmp}/c", "--train.lr=0"], "--train.lr"),
+        (["train-classifier", "--feature_dim=0"], "--feature_dim"),
+        (["train-classifier", "--widths=[]"], "--widths"),
+        (["train-classifier", "--widths=[8, 0]"], "--widths"),
+        (["dump-codes", "--tokenizer", "{tmp}/t", "--batch-size", "0"], "--batch-size"),
+        (["dump-codes", "--tokenizer", "{tmp}/t", "--data.val_fraction=2"], "--data.val_fraction"),
+        (["dump-codes", "--tokenizer", "{tmp}/t", "--train.steps=3"], "--train"),
+        (["reconstruct", "--tokenizer", "{tmp}/t", "--n", "0"], "--n"),
+        (["reconstruct", "--tokenizer", "{tmp}/t", "--rfid-n", "1"], "--rfid-n"),
+        (["fid-ref", "--n", "1"], "--n"),
+        (["fid-ref", "--n", "-3"], "--n"),
+        ([*FID, "--n", "1"], "--n"),
+        ([*FID, "--ref-n", "-1"], "--ref-n"),
+        *[([*SAMPLE, flag, value], flag) for flag, value in [
+            ("--n", "0"), ("--n", "1e3"), ("--temperature", "-1"), ("--temperature", "nan"), ("--top-k", "-1"),
+            ("--top-p", "0"), ("--top-p", "1.5"), ("--cfg-scale", "inf"), ("--cfg-scale", "-1"),
+            ("--per-class", "-1"), ("--batch-size", "0"), ("--seed", "-1")]],
+        ([*SAMPLE, "--classes=-2,0"], "--classes"),
+        ([*SAMPLE, "--kv_cache=paged"], "--kv_cache"),
+        (["pipeline", "--eval.inception_n=2"], "--eval.inception_n"),
+        (["pipeline", "--eval.rfid_n=1"], "--eval.rfid_n"),
+        (["pipeline", "--eval.ref_split=dev"], "--eval.ref_split"),
+        (["pipeline", "--sample.n=0"], "--sample.n"),
+        (["pipeline", "--prior.train.lr=-1"], "--prior.train.lr"),
+        (["pipeline", "--prior.train.stepz=3"], "--prior.train.stepz"),
+    ],
+)
+def test_settings_out_of_range_are_one_line_before_any_work(tmp_path, capsys, argv, key):
+    command = argv[0]
+    out = tmp_path / "out"
+    assert exit_code([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(out)]) == 2
+    line = one_error_line(capsys, command)
+    assert key in line, line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "command,yaml_text,flags,source,key",
+    [
+        ("train-tokenizer", "tokenizer:\n  train:\n    batch_size: 0\n", [], "{yaml}", "tokenizer.train.batch_size"),
+        ("train-tokenizer", "train:\n  lr: .nan\n", [], "{yaml}", "train.lr"),  # a file of the stage's keys alone
+        ("train-tokenizer", "data:\n  channels: 2\n", [], "{yaml}", "data.channels"),
+        ("train-classifier", "eval:\n  classifier:\n    feature_dim: 0\n", [], "{yaml}", "eval.classifier.feature_dim"),
+        ("train-prior", "prior:\n  train:\n    stepz: 3\n", [], "{yaml}", "prior.train.stepz"),
+        ("train-prior", "prior:\n  train:\n    steps: 3\n", ["--train.stepz=3"], "command line", "--train.stepz"),
+        ("pipeline", "eval:\n  inception_n: 2\n", [], "{yaml}", "eval.inception_n"),
+        ("pipeline", "prior:\n  train:\n    steps: 3\n", ["--prior.train.stepz=3"], "command line",
+         "--prior.train.stepz"),
+        ("pipeline", "tokenizer:\n  data:\n    image_size: 8\n", [], "{yaml}", "tokenizer.data"),
+        ("pipeline", "data:\n  image_size: 16\n", ["--tokenizer.data.image_size=8"], "command line",
+         "--tokenizer.data"),
+    ],
+)
+def test_errors_name_the_source_that_holds_the_key(tmp_path, capsys, command, yaml_text, flags, source, key):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    argv = [command, "--config", str(path), *flags, "--out", str(tmp_path / "out")]
+    assert main(argv + (["--codes", str(tmp_path / "codes")] if command == "train-prior" else [])) == 2
+    line = one_error_line(capsys, command)
+    assert line.startswith(f"vqgen {command}: error: {source.replace('{yaml}', str(path))}: ") and key in line, line
+    assert not (tmp_path / "out").exists()

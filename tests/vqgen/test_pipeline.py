@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from vqgen.cli import main
-from vqgen.config import read_yaml
+from vqgen.config import parse_overrides
 from vqgen.errors import VqgenError
 from vqgen.pipeline import pipeline_config, resolved_yaml, stage_settings
 
@@ -23,17 +23,20 @@ TOY = ["--data.max_images=256", "--tokenizer.preset=tiny", "--tokenizer.train.st
 @pytest.mark.slow
 def test_pipeline_end_to_end_then_resume(tmp_path, capsys, fmnist_available):
     out = tmp_path / "run"
-    # A class id that does not exist stops the run at the sampling stage with a one-line error...
+    # A class id that does not exist stops the run before stage 1 (not at the sampling stage)...
     assert main(["pipeline", "--config", "configs/fashion-mnist.yaml", "--out", str(out), *TOY,
-                 "--sample.classes=[42]", "--sample.per_class=0", "--sample.n=4"]) == 2
+                 "--sample.classes=[42]", "--sample.per_class=0", "--sample.n=6"]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("vqgen pipeline: error:")]
-    assert len(errors) == 1 and "out of range" in errors[0] and "Traceback" not in err
-    assert sorted(p.stem for p in (out / "stages").glob("*.json")) == ["codes", "prior", "tokenizer"]
-    # ...and the fixed command skips the three finished stages and runs the rest.
+    assert len(errors) == 1 and "sample.classes [42] out of range" in errors[0] and "Traceback" not in err
+    assert not out.exists()
+    # ...a run without the classifier stage finishes; the same command with it skips the six stages.
+    assert main(["pipeline", "--config", "configs/fashion-mnist.yaml", "--out", str(out), *TOY,
+                 "--eval.use_classifier=false"]) == 0
+    assert "[6/6] fid" in capsys.readouterr().out
     assert main(["pipeline", "--config", "configs/fashion-mnist.yaml", "--out", str(out), *TOY]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("done earlier") == 3 and "[7/7] classifier" in printed
+    assert printed.count("done earlier") == 6 and "[7/7] classifier" in printed
     for name in ("config.yaml", "report.md", "curves.png", "reconstructions.png", "samples/grid.png",
                  "tokenizer/model/model.safetensors", "prior/model/vqgen_prior.json", "codes/vqgen_codes.json"):
         assert (out / name).is_file(), name
@@ -58,24 +61,27 @@ def test_pipeline_end_to_end_then_resume(tmp_path, capsys, fmnist_available):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-def test_every_config_loads_and_its_resolved_yaml_loads_again(path):
-    cfg = pipeline_config(read_yaml(path), str(path))
+def test_every_config_loads_and_its_resolved_yaml_loads_again(path, tmp_path):
+    cfg = pipeline_config(path)
     assert cfg.tokenizer.data == cfg.data == cfg.eval.classifier.data
-    assert pipeline_config(yaml.safe_load(resolved_yaml(cfg)), "config.yaml") == cfg
+    (tmp_path / "config.yaml").write_text(resolved_yaml(cfg))
+    assert pipeline_config(tmp_path / "config.yaml") == cfg
 
 
-@pytest.mark.parametrize("section", [{"tokenizer": {"data": {"max_images": 5}}},
-                                     {"eval": {"classifier": {"data": {"spec": "mnist"}}}}])
-def test_a_stage_data_section_is_refused(section):
-    with pytest.raises(VqgenError, match="one data set for every stage"):
-        pipeline_config(section, "run.yaml")
+@pytest.mark.parametrize("key", ["tokenizer.data.max_images=5", "eval.classifier.data.spec=mnist"])
+def test_a_stage_data_section_is_refused(key, tmp_path):
+    with pytest.raises(VqgenError, match=r"^command line: --[a-z.]+\.data: the pipeline uses one data set"):
+        pipeline_config(None, [f"--{key}"])
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(parse_overrides([f"--{key}"])))
+    with pytest.raises(VqgenError, match=rf"^{path}: [a-z.]+\.data: the pipeline uses one data set"):
+        pipeline_config(path)
 
 
 def test_stage_settings_ignore_runtime_only_keys():
-    cfg = pipeline_config({}, "defaults")
-    chatty = pipeline_config({"prior": {"train": {"log_every": 1, "save_every": 7}}, "sample": {"batch_size": 3}},
-                             "overrides")
+    cfg = pipeline_config()
+    chatty = pipeline_config(None, ["--prior.train.log_every=1", "--prior.train.save_every=7", "--sample.batch_size=3"])
     assert all(stage_settings(cfg, s) == stage_settings(chatty, s) for s in ("prior", "samples"))
-    longer = pipeline_config({"prior": {"train": {"steps": 5}}}, "overrides")
+    longer = pipeline_config(None, ["--prior.train.steps=5"])
     assert stage_settings(cfg, "prior") != stage_settings(longer, "prior")
     assert stage_settings(cfg, "tokenizer") == stage_settings(longer, "tokenizer")
