@@ -35,7 +35,14 @@ from eval.inception import (
     inception_score_unavailable,
 )
 from eval.reference import RefStats, check_ref_out, load_ref, save_ref
-from eval.samples import MIN_IMAGES, ImageFormat, SampleFolder, check_reference_format, count_error
+from eval.samples import (
+    MIN_IMAGES,
+    ImageFormat,
+    SampleFolder,
+    check_available,
+    check_count,
+    check_reference_format,
+)
 from vqgen.config import apply
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
@@ -82,13 +89,10 @@ def folder_batches(root: str | Path, n: int = 0, batch_size: int = BATCH_SIZE) -
 
 def reference_split(data: DataConfig, split: str, n: int = 0) -> ImageDataset:
     """The split whose first n (0: all) images make a reference, refused when it has too few."""
-    if (error := count_error(n, "reference images")) is not None:
-        raise error
+    check_count(n, "reference images")
     dataset = load_images(data, split)
-    capped = f" (data.max_images={data.max_images})" if data.max_images else ""
-    if n > len(dataset) or len(dataset) < MIN_IMAGES:
-        raise VqgenError(f"data '{data.spec}': the {split} split has {len(dataset)} images{capped}, "
-                         f"{n or 'all'} asked for; FID needs at least {MIN_IMAGES}: ask for fewer or use more data")
+    capped = f", data.max_images={data.max_images}" if data.max_images else ""
+    check_available(n, len(dataset), f"data '{data.spec}' ({split} split{capped})")
     return dataset
 
 

@@ -43,19 +43,27 @@ class ImageFormat:
         return f"{self.width}x{self.height} {'grey' if self.channels == 1 else 'RGB'}"
 
 
-def count_error(n: int, what: str) -> VqgenError | None:
-    """The refusal of asking for n images (0: all) where FID needs a covariance, or None."""
+def check_count(n: int, what: str) -> None:
+    """Refuse asking for n `what` (0: all) where FID needs a covariance."""
     if n < 0 or n == 1:
-        return VqgenError(f"{n} {what} asked for: FID needs at least {MIN_IMAGES} (a covariance), KID 4; "
-                          f"ask for {MIN_IMAGES} or more, or 0 for all")
-    return None
+        raise VqgenError(f"{n} {what} asked for: FID needs at least {MIN_IMAGES} (a covariance), KID 4; "
+                         f"ask for {MIN_IMAGES} or more, or 0 for all")
+
+
+def check_available(n: int, available: int, where: str) -> None:
+    """Refuse n images (0: all) from `where`, which holds `available`: more than there are, or fewer
+    than FID needs (a slice would quietly score fewer, one image gives NaN)."""
+    if n > available:
+        raise VqgenError(f"{where}: {n} images asked for, {available} there; ask for at most {available} (0: all)")
+    if (n or available) < MIN_IMAGES:
+        raise VqgenError(f"{where}: {available} image{'' if available == 1 else 's'} found; FID needs at least "
+                         f"{MIN_IMAGES} (a covariance), KID 4: add images")
 
 
 def sample_paths(root: Path, n: int = 0) -> list[Path]:
     """The first n (0: all) image files under `root`, sorted. Hidden files and folders are left out:
     they are temporary copies that a killed writer left behind (`.NAME.png.XXXX.tmp/`)."""
-    if (error := count_error(n, "samples")) is not None:
-        raise error
+    check_count(n, "samples")
     if not root.is_dir():
         raise VqgenError(f"{root}: samples folder not found; pass the folder of PNGs `vqgen sample` wrote "
                          "(its images/ sub-folder)")
@@ -64,10 +72,7 @@ def sample_paths(root: Path, n: int = 0) -> list[Path]:
     if not paths:
         raise VqgenError(f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
                          "pass a folder of PNG samples")
-    if n > len(paths) or len(paths) < MIN_IMAGES:
-        found = f"{len(paths)} image file{'' if len(paths) == 1 else 's'} found"
-        raise VqgenError(f"{root}: {found}, {n or 'all'} asked for; FID needs at least {MIN_IMAGES} (KID 4): "
-                         "add samples or ask for fewer")
+    check_available(n, len(paths), str(root))
     return paths[:n] if n else paths
 
 

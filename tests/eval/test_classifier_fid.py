@@ -60,7 +60,7 @@ def test_samples_of_another_format_than_the_reference_are_refused(scored, tmp_pa
 
 def test_too_few_or_broken_samples_are_one_line(scored, tmp_path, pngs):
     pngs(tmp_path / "one", 1, 32)
-    with pytest.raises(VqgenError, match="1 image file found"):
+    with pytest.raises(VqgenError, match="one: 1 image found; FID needs at least 2"):
         scored("one")
     (pngs(tmp_path / "broken", 3, 32) / "001.png").write_bytes(b"not a png")
     with pytest.raises(VqgenError, match="001.png: cannot read this image"):

@@ -157,7 +157,7 @@ def test_nan_features_are_refused_naming_the_weights(tmp_path, pngs, random_pth)
 @pytest.mark.parametrize("n, message", [
     (1, "1 reference images asked for: FID needs at least 2"),
     (-1, "-1 reference images asked for"),
-    (5, r"the test split has 4 images, 5 asked for"),
+    (5, r"\(test split\): 5 images asked for, 4 there; ask for at most 4 \(0: all\)"),
 ])
 def test_fid_ref_refuses_a_count_it_cannot_honour_before_any_work(tmp_path, pngs, no_weights, n, message):
     data = folder_data(tmp_path / "data", pngs)
@@ -168,7 +168,7 @@ def test_fid_ref_refuses_a_count_it_cannot_honour_before_any_work(tmp_path, pngs
 
 def test_fid_ref_refuses_a_split_of_one_image(tmp_path, pngs, no_weights):
     data = folder_data(tmp_path / "data", pngs, n_test=1)
-    with pytest.raises(VqgenError, match=r"the test split has 1 images, all asked for; FID needs at least 2"):
+    with pytest.raises(VqgenError, match=r"\(test split\): 1 image found; FID needs at least 2"):
         fid_ref(data, "test", tmp_path / "ref.npz", weights=no_weights)
 
 

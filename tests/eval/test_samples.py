@@ -63,10 +63,10 @@ def test_alpha_and_16_bit_samples_are_refused_not_clipped(tmp_path, pngs, mode):
 
 def test_too_few_samples_are_refused_with_the_count(tmp_path, pngs, ref_npz, no_weights):
     one = pngs(tmp_path / "one", 1, 16)
-    with pytest.raises(VqgenError, match=r"1 image file.*FID needs at least 2"):
+    with pytest.raises(VqgenError, match=r"one: 1 image found; FID needs at least 2"):
         score(one, ref_npz, no_weights)
     three = pngs(tmp_path / "three", 3, 16)
-    for n, message in ((1, "1 samples asked for"), (-2, "-2 samples asked for"), (4, "3 image files found, 4 asked")):
+    for n, message in ((1, "1 samples asked for"), (-2, "-2 samples asked for"), (4, "three: 4 images asked for, 3 there")):
         with pytest.raises(VqgenError, match=message):
             score(three, ref_npz, no_weights, n=n)
 
