@@ -34,7 +34,7 @@ from eval.inception import (
     find_weights,
     inception_score_unavailable,
 )
-from eval.reference import RefStats, check_ref_out, load_ref, save_ref
+from eval.reference import RefStats, claim_ref_out, load_ref, save_ref
 from eval.samples import (
     MIN_IMAGES,
     ImageFormat,
@@ -112,11 +112,11 @@ def fid_ref(
     data: DataConfig, split: str, out: str | Path, weights: str | Path | None = None, n: int = 0
 ) -> RefStats:
     """`vqgen fid-ref`: statistics of `split` written to `out` (.npz) and its .json sidecar. The
-    output and the split are checked before Inception loads."""
-    check_ref_out(out)
-    dataset = reference_split(data, split, n)
-    stats = reference_stats(InceptionFeatures(weights), dataset, n)
-    save_ref(out, stats)
+    output (checked, then locked) and the split are checked before Inception loads."""
+    with claim_ref_out(out):
+        dataset = reference_split(data, split, n)
+        stats = reference_stats(InceptionFeatures(weights), dataset, n)
+        save_ref(out, stats)
     logger.info("wrote %s (%d %s images of %s)", out, stats.meta["n"], split, data.spec)
     return stats
 

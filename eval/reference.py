@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from eval.inception import NUM_FEATURES
-from eval.report import check_output_file, json_has_keys, written
+from eval.report import check_output_file, claim_file, json_has_keys, written
 from vqgen.errors import VqgenError
-from vqgen.runs import atomic_path, read_json, write_json
+from vqgen.runs import OutputLock, atomic_path, read_json, write_json
 
 SIDECAR_KEYS = ("network", "weights_sha", "n", "split")  # what every sidecar of ours holds
 REMAKE = "make it again with `vqgen fid-ref`"
@@ -37,6 +37,12 @@ class RefStats:
 
 def sidecar_of(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
+
+
+def claim_ref_out(path: str | Path) -> OutputLock:
+    """`check_ref_out`, then lock `path` for this process (released by `with`, else at exit)."""
+    check_ref_out(path)
+    return claim_file(Path(path))
 
 
 def check_ref_out(path: str | Path) -> None:

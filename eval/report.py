@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vqgen.errors import VqgenError
-from vqgen.runs import atomic_path, write_json
+from vqgen.runs import OutputLock, atomic_path, write_json
 
 REPORT_KEYS = ("fid", "network", "weights_sha", "reference")  # what every `vqgen fid` report holds
 
@@ -92,6 +92,20 @@ def check_report_out(out: str | Path) -> None:
     json_path, md_path = report_paths(out)
     check_output_file(json_path, lambda p: json_has_keys(p, REPORT_KEYS), "a `vqgen fid` report")
     check_output_file(md_path, lambda p: json_has_keys(json_path, REPORT_KEYS), "the Markdown of a `vqgen fid` report")
+
+
+def claim_report(out: str | Path) -> OutputLock:
+    """`check_report_out`, then lock the report for this process (released by `with`, else at exit)."""
+    check_report_out(out)
+    return claim_file(report_paths(out)[0])
+
+
+def claim_file(path: Path) -> OutputLock:
+    """Lock the output file `path` (`.NAME.lock` beside it, vqgen.runs.OutputLock): a second vqgen
+    process writing it is refused in one line, and two writers never mix their files."""
+    lock = OutputLock(path)
+    lock.acquire()
+    return lock
 
 
 @contextmanager

@@ -225,7 +225,7 @@ def _cmd_fid_ref(args, overrides):
 
 def _cmd_fid(args, overrides):
     from eval.fid import fid
-    from eval.report import check_report_out, write_report
+    from eval.report import claim_report, write_report
 
     # --data.* settings describe a --ref data spec; the samples' own size and channels fill the rest.
     values = parse_overrides(overrides)
@@ -234,7 +234,7 @@ def _cmd_fid(args, overrides):
                          "(for a --ref data spec) is")
     data = values.get("data", {})
     if args.out is not None:
-        check_report_out(args.out)  # before the Inception work, not after it
+        claim_report(args.out)  # checked and locked (until exit) before the Inception work, not after it
     result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights, n_ref=args.ref_n, data=data)
     scores = {k: v for k, v in result.items() if k in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "kid", "is", "n_samples")}
     line = "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items())

@@ -2,6 +2,8 @@
 hub folder, and folders of small PNG images."""
 
 import hashlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -45,3 +47,24 @@ def pngs():
         return folder
 
     return write
+
+
+@pytest.fixture
+def held_elsewhere():
+    """`held_elsewhere(path)`: another process takes vqgen's lock on the output file `path` (as a
+    second `vqgen fid-ref` or `vqgen fid` would) and keeps it until the test ends."""
+    holders = []
+    code = ("import sys; from vqgen.runs import OutputLock; OutputLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); sys.stdin.read()")
+
+    def hold(path):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        holders.append(proc)
+        assert proc.stdout.readline().strip() == "held"
+        return proc.pid
+
+    yield hold
+    for proc in holders:
+        proc.stdin.close()  # the holder exits, and the kernel drops its lock
+        proc.wait(timeout=30)

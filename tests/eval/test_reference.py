@@ -223,3 +223,11 @@ def test_a_failed_late_write_is_one_line(tmp_path):
         save_ref(out, stats)
     assert not out.exists()
     assert os.listdir(tmp_path) == ["ref.json"]  # no temporary file left behind
+
+
+def test_a_second_writer_of_the_same_reference_is_refused(tmp_path, pngs, no_weights, held_elsewhere):
+    data = folder_data(tmp_path / "data", pngs)
+    pid = held_elsewhere(tmp_path / "ref.npz")
+    with pytest.raises(VqgenError, match=rf"ref.npz: another vqgen process \(pid {pid}\) is writing it"):
+        fid_ref(data, "test", tmp_path / "ref.npz", weights=no_weights)
+    assert not (tmp_path / "ref.npz").exists() and not (tmp_path / "ref.json").exists()

@@ -119,3 +119,13 @@ def test_cli_fid_prints_the_score_when_the_report_cannot_be_written(tmp_path, sc
     captured = capsys.readouterr()
     assert rc == 2 and "fid: 2048.0000" in captured.out and "n_samples: 2" in captured.out
     assert captured.err.count("\n") == 1 and "the report could not be written" in captured.err
+
+
+def test_a_second_writer_of_the_same_report_is_refused_before_any_work(tmp_path, scorable, held_elsewhere, capsys):
+    samples, ref = scorable
+    pid = held_elsewhere(tmp_path / "fid.json")
+    absent = tmp_path / "absent" / "pt_inception-2015-12-05-00000000.pth"  # never looked for
+    rc = main(["fid", "--samples", str(samples), "--ref", str(ref), "--inception-weights", str(absent),
+               "--out", str(tmp_path / "fid.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and f"another vqgen process (pid {pid}) is writing it" in err
