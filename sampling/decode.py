@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from sampling.generate import GridSpec, SampleConfig, check_config, generate, plan_labels
 from sampling.write import GRID_MAX, finished, join_codes, write_grid, write_images, write_shard
-from stage1_vqvae.model import VQVAE, load_tokenizer
+from stage1_vqvae.load import load_tokenizer
+from stage1_vqvae.model import VQVAE
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError

@@ -1,4 +1,4 @@
-"""Stage 1: the VQ-VAE tokenizer (quantize, model, losses, train) and the code-grid files (codes).
+"""Stage 1: the VQ-VAE tokenizer (quantize, model, losses, train, load) and the code-grid files (codes).
 
 Importing the package registers the tokenizer with transformers' Auto classes, so
 `AutoModel.from_pretrained(<tokenizer folder>)` works; that is the only import side effect.
@@ -6,7 +6,8 @@ Importing the package registers the tokenizer with transformers' Auto classes, s
 
 from transformers import AutoConfig, AutoModel
 
-from stage1_vqvae.model import MODEL_TYPE, VQVAE, VQVAEConfig, load_tokenizer, training_data
+from stage1_vqvae.load import load_tokenizer, training_data
+from stage1_vqvae.model import MODEL_TYPE, VQVAE, VQVAEConfig
 
 AutoConfig.register(MODEL_TYPE, VQVAEConfig, exist_ok=True)
 AutoModel.register(VQVAEConfig, VQVAE, exist_ok=True)

@@ -10,25 +10,23 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from stage1_vqvae.blocks import Decoder, Encoder
 from stage1_vqvae.quantize import QuantizerConfig, VectorQuantizer
-from vqgen.config import apply
-from vqgen.data import DataConfig
+from vqgen.config import setting
 from vqgen.errors import VqgenError
-from vqgen.runs import read_json
+from vqgen.model_config import check_settings, refuse
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "vqgen_vqvae"
-TRAINING_FILE = "vqgen_tokenizer.json"  # {"data": DataConfig, "val": metrics, ...}, written by train.py
+MAX_LEVELS = 6  # resolutions in channel_mult: factor 32 already turns 256 px into 8x8 codes
 
 # Named architectures; each lists only what differs from the VQVAEConfig defaults ("small", the
 # Fashion-MNIST/MNIST tokenizer: 32x32 -> 8x8 codes, K=512, trains on a CPU in minutes).
@@ -43,56 +41,37 @@ PRESETS: dict[str, dict] = {
 }
 
 
+@strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
 class VQVAEConfig(PreTrainedConfig):
     """Architecture of the tokenizer; `channel_mult` has one entry per resolution, so the grid is
     image_size / 2**(len(channel_mult) - 1) on each side. Quantizer fields go to `QuantizerConfig`."""
 
     model_type = MODEL_TYPE
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        image_size: int = 32,
-        base_channels: int = 16,
-        channel_mult: tuple[int, ...] | list[int] = (1, 2, 4),
-        num_res_blocks: int = 1,
-        attn_at_lowest: bool = False,
-        code_dim: int = 64,
-        codebook_size: int = 512,
-        beta: float = 0.25,
-        ema: bool = True,
-        codebook_decay: float = 0.99,
-        kmeans_init: bool = True,
-        restart_after_steps: int = 20,
-        lookup_dim: int = 0,
-        **kwargs,
-    ):
-        self.in_channels, self.image_size = in_channels, image_size
-        self.base_channels, self.channel_mult = base_channels, tuple(channel_mult)
-        self.num_res_blocks, self.attn_at_lowest, self.code_dim = num_res_blocks, attn_at_lowest, code_dim
-        self.codebook_size, self.beta, self.ema, self.codebook_decay = codebook_size, beta, ema, codebook_decay
-        self.kmeans_init, self.restart_after_steps, self.lookup_dim = kmeans_init, restart_after_steps, lookup_dim
-        self._check()
-        super().__init__(**kwargs)
+    in_channels: int = setting(1, "image channels: 1 for grey, 3 for colour images", ge=1)
+    image_size: int = setting(32, "image side in pixels, a multiple of the downsampling factor", ge=1)
+    base_channels: int = setting(16, "channels of the first level, e.g. 32 or 64", ge=1)
+    channel_mult: tuple[int, ...] | list[int] = setting(
+        (1, 2, 4), "width multiplier per level; each level after the first halves the image", ge=1, min_length=1)
+    num_res_blocks: int = setting(1, "residual blocks per level", ge=1)
+    attn_at_lowest: bool = setting(False, "self-attention at the lowest resolution")
+    code_dim: int = setting(64, "D, the channels of a code vector", ge=1)
+    codebook_size: int = setting(512, "K, the number of codes", ge=2)
+    beta: float = setting(0.25, "commitment weight (VQ-VAE eq. 3)", ge=0)
+    ema: bool = setting(True, "EMA codebook; false: learned with a codebook loss")
+    codebook_decay: float = setting(0.99, "EMA decay of the codebook", ge=0, lt=1)
+    kmeans_init: bool = setting(True, "codebook from k-means on the first training batch")
+    restart_after_steps: int = setting(20, "restart codes idle this many training steps; 0: never", ge=0)
+    lookup_dim: int = setting(0, "0: look up in D dims; else an l2-normalised lookup in this many", ge=0)
 
-    def _check(self) -> None:
-        checks = [
-            ("in_channels", self.in_channels >= 1, "1 for grey, 3 for colour images"),
-            ("base_channels", self.base_channels >= 1, "a width such as 32 or 64"),
-            ("channel_mult", 1 <= len(self.channel_mult) <= 6 and all(m >= 1 for m in self.channel_mult),
-             "1 to 6 positive multipliers, e.g. (1, 2, 2) for factor 4"),
-            ("num_res_blocks", self.num_res_blocks >= 1, "at least 1"),
-            ("code_dim", self.code_dim >= 1, "a positive size such as 64"),
-            ("image_size", self.image_size >= 1 and self.image_size % self.downsample_factor == 0,
-             f"a multiple of the downsampling factor {self.downsample_factor}"),
-        ]
-        for name, ok, fix in checks:
-            if not ok:
-                raise ValueError(f"VQVAEConfig.{name}={getattr(self, name)!r} is invalid; use {fix}")
-        try:
-            self.quantizer_config()  # the quantizer checks its own fields
-        except VqgenError as err:
-            raise ValueError(str(err)) from None
+    def __post_init__(self, **kwargs):
+        check_settings(self, "tokenizer")
+        if len(self.channel_mult) > MAX_LEVELS:
+            raise refuse("tokenizer", "channel_mult", self.channel_mult, f"must have 1 to {MAX_LEVELS} entries")
+        if self.image_size % self.downsample_factor:
+            raise refuse("tokenizer", "image_size", self.image_size,
+                         f"must be a multiple of the downsampling factor {self.downsample_factor}")
+        super().__post_init__(**kwargs)
 
     @property
     def downsample_factor(self) -> int:
@@ -204,49 +183,3 @@ class VQVAE(PreTrainedModel):
                 f"tokenizer input: images of shape {tuple(images.shape)} do not fit this tokenizer; it takes "
                 f"(B, {c}, H, W) with H and W multiples of {f} (set data.channels / data.image_size)"
             )
-
-
-def tokenizer_folder(path: str | Path) -> Path:
-    """The model folder of a tokenizer given its model folder or its training run folder (RUN/model)."""
-    path = Path(path)
-    return path / "model" if (path / "model" / "config.json").is_file() else path
-
-
-def load_tokenizer(path: str | Path) -> VQVAE:
-    """A trained tokenizer (eval mode) from its model folder, or from a training run folder holding model/."""
-    folder = tokenizer_folder(path)
-    config = read_json(folder / "config.json", "tokenizer config (a model folder or a run folder with model/)")
-    if config.get("model_type") != MODEL_TYPE:
-        raise VqgenError(
-            f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, not {MODEL_TYPE!r}; "
-            "pass the folder of a tokenizer trained with `vqgen train-tokenizer`"
-        )
-    if not (folder / "model.safetensors").is_file():
-        raise VqgenError(f"{folder}: model.safetensors is missing; re-run `vqgen train-tokenizer` or copy it back")
-    try:
-        model, info = VQVAE.from_pretrained(folder, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise VqgenError(f"{folder}: cannot load the tokenizer ({first}); the files are corrupt, re-train or re-copy them") from None
-    broken = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"]) + sorted(info["mismatched_keys"])
-    if broken:
-        raise VqgenError(
-            f"{folder / 'model.safetensors'}: weights do not match config.json ({len(broken)} keys, e.g. "
-            f"{broken[0]}); the folder is corrupt or mixed from two models, re-copy it"
-        )
-    return model.eval()
-
-
-def training_data(path: str | Path) -> DataConfig:
-    """The DataConfig the tokenizer at `path` (its model folder or training run folder) was trained on,
-    from model/vqgen_tokenizer.json, so later stages can encode the same kind of images."""
-    file = tokenizer_folder(path) / TRAINING_FILE
-    if not file.is_file():
-        raise VqgenError(
-            f"{file}: not found, so the tokenizer's training data settings are unknown (it was not saved by "
-            "`vqgen train-tokenizer`); pass the data settings yourself (--data SPEC, --data.image_size=...)"
-        )
-    data = read_json(file, "tokenizer training record").get("data")
-    if not isinstance(data, dict):
-        raise VqgenError(f"{file}: field 'data' is missing; re-run `vqgen train-tokenizer` or pass the data settings yourself")
-    return apply(DataConfig(), data, source=str(file))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vqgen.errors import VqgenError
+from vqgen.config import check, setting
 
 logger = logging.getLogger(__name__)
 
@@ -36,33 +36,20 @@ _BLOCK_ROWS = 4096
 
 @dataclass
 class QuantizerConfig:
-    codebook_size: int = 512  # K
-    dim: int = 64  # D, the encoder's output channels
-    beta: float = 0.25  # commitment weight on the encoder term (VQ-VAE eq. 3)
-    ema: bool = True  # EMA codebook (VQ-VAE appendix A.1); False: learned with a codebook loss
-    decay: float = 0.99
-    eps: float = 1e-5  # Laplace smoothing of the EMA cluster sizes
-    kmeans_init: bool = True  # codebook from k-means on the first training batch
-    kmeans_iters: int = 10
-    restart_after_steps: int = 100  # replace codes idle this many training steps; 0 disables
-    lookup_dim: int = 0  # 0: look up in D dims; else project to this many dims, l2-normalised
-    usage_window: int = 100  # training `usage` = share of codes used in the last this-many steps
+    codebook_size: int = setting(512, "K, the number of codes", ge=2)
+    dim: int = setting(64, "D, the encoder's output channels", ge=1)
+    beta: float = setting(0.25, "commitment weight on the encoder term (VQ-VAE eq. 3)", ge=0)
+    ema: bool = setting(True, "EMA codebook (VQ-VAE appendix A.1); False: learned with a codebook loss")
+    decay: float = setting(0.99, "EMA decay of the codebook", ge=0, lt=1)
+    eps: float = setting(1e-5, "Laplace smoothing of the EMA cluster sizes", gt=0)
+    kmeans_init: bool = setting(True, "codebook from k-means on the first training batch")
+    kmeans_iters: int = setting(10, "k-means iterations", ge=1)
+    restart_after_steps: int = setting(100, "replace codes idle this many training steps; 0 disables", ge=0)
+    lookup_dim: int = setting(0, "0: look up in D dims; else project to this many dims, l2-normalised", ge=0)
+    usage_window: int = setting(100, "training `usage` = share of codes used in the last this-many steps", ge=1)
 
     def __post_init__(self) -> None:
-        checks = [
-            ("codebook_size", self.codebook_size >= 2, "use at least 2 codes, e.g. 512"),
-            ("dim", self.dim >= 1, "set it to the encoder's output channels"),
-            ("beta", self.beta >= 0, "use a non-negative weight, e.g. 0.25"),
-            ("decay", 0 <= self.decay < 1, "use a value in [0, 1), e.g. 0.99"),
-            ("eps", self.eps > 0, "use a small positive value, e.g. 1e-5"),
-            ("kmeans_iters", self.kmeans_iters >= 1, "use at least 1 iteration, e.g. 10"),
-            ("restart_after_steps", self.restart_after_steps >= 0, "use 0 (off) or a step count"),
-            ("lookup_dim", self.lookup_dim >= 0, "use 0 (off) or a small size such as 8..32"),
-            ("usage_window", self.usage_window >= 1, "use a step count, e.g. 100"),
-        ]
-        for name, ok, fix in checks:
-            if not ok:
-                raise VqgenError(f"quantizer config: {name}={getattr(self, name)!r} is invalid; {fix}")
+        check(self, source="quantizer config")
 
 
 class QuantizerOutput(NamedTuple):

@@ -9,7 +9,6 @@ evaluate: val MSE/PSNR/SSIM, codebook usage over the whole val set, and a recons
 
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,9 @@ from einops import rearrange
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchvision.utils import save_image
 
+from stage1_vqvae.load import TRAINING_FILE
 from stage1_vqvae.losses import RECONSTRUCTION, psnr_from_mse, tokenizer_loss
-from stage1_vqvae.model import PRESETS, TRAINING_FILE, VQVAE, VQVAEConfig
+from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
 from vqgen.config import check_kwargs, setting, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
@@ -60,8 +60,8 @@ def model_settings(cfg: TokenizerRunConfig) -> dict:
         if key in cfg.model:
             raise VqgenError(f"tokenizer config: model.{key} comes from the data; set data.image_size/data.channels")
     kwargs = PRESETS[cfg.preset] | cfg.model
-    default_mult = inspect.signature(VQVAEConfig.__init__).parameters["channel_mult"].default
-    factor = 2 ** (len(kwargs.get("channel_mult", default_mult)) - 1)
+    # Builds the config to check every model setting now; its default 32 px suits every factor it allows.
+    factor = VQVAEConfig(**kwargs).downsample_factor
     if cfg.data.image_size % factor:
         raise VqgenError(
             f"tokenizer config: data.image_size={cfg.data.image_size} is not a multiple of the tokenizer's "
@@ -71,10 +71,7 @@ def model_settings(cfg: TokenizerRunConfig) -> dict:
 
 
 def build_model_config(settings: dict, data: DataConfig, channels: int) -> VQVAEConfig:
-    try:
-        return VQVAEConfig(**settings, in_channels=channels, image_size=data.image_size)
-    except ValueError as err:
-        raise VqgenError(f"tokenizer config 'model' section: {err}") from None
+    return VQVAEConfig(**settings, in_channels=channels, image_size=data.image_size)  # its errors name the key
 
 
 class TokenizerTask:
@@ -135,7 +132,7 @@ class TokenizerTask:
             save_image(grid * 0.5 + 0.5, tmp, nrow=cols, padding=1)
 
     def save_extras(self, model_dir: Path) -> None:
-        """vqgen_tokenizer.json: the data it was trained on (read back by `model.training_data`), the
+        """vqgen_tokenizer.json: the data it was trained on (read back by `load.training_data`), the
         unreadable images data.skip_bad dropped per split, and its last val metrics."""
         skipped = {"train": self.train_set.skipped, "val": self.val_set.skipped}
         write_json(model_dir / TRAINING_FILE, {"data": to_dict(self.cfg.data), "skipped": skipped, "val": self.last_eval})

@@ -1,16 +1,14 @@
+import re
+
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoConfig, AutoModel
 
 import stage1_vqvae  # noqa: F401  (registers the Auto classes)
-from stage1_vqvae.model import (
-    PRESETS,
-    VQVAE,
-    VQVAEConfig,
-    load_tokenizer,
-    straight_through_clamp,
-    training_data,
-)
+from stage1_vqvae.load import load_tokenizer, training_data
+from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, straight_through_clamp
+from vqgen.cli import main
 from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
 
@@ -168,3 +166,47 @@ def test_training_data_reads_the_run_or_model_folder(tmp_path):
     (model_dir / "vqgen_tokenizer.json").write_text('{"data": {"image_sise": 16}}')
     with pytest.raises(VqgenError, match="image_sise"):
         training_data(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "key, value, rule",
+    [("in_channels", 0, ">= 1"), ("image_size", 0, ">= 1"), ("image_size", 17, "a multiple of the downsampling factor 2"),
+     ("base_channels", 0, ">= 1"), ("channel_mult", (1, 0), "at least 1 value"), ("channel_mult", (1,) * 7, "1 to 6"),
+     ("num_res_blocks", 0, ">= 1"), ("code_dim", 0, ">= 1"), ("codebook_size", 1, ">= 2"), ("beta", -0.1, ">= 0"),
+     ("beta", float("nan"), "a finite number"), ("codebook_decay", 1.0, r"in \[0, 1\)"), ("restart_after_steps", -1, ">= 0"),
+     ("lookup_dim", -1, ">= 0"), ("codebook_size", "512", "int"), ("code_dim", 8.5, "int"), ("ema", "yes", "bool")],
+)
+def test_each_bad_setting_is_one_line_naming_its_key(key, value, rule):
+    with pytest.raises(VqgenError, match=rf"^tokenizer config: '?model\.{key}'? must (be|have) {rule}") as err:
+        VQVAEConfig(**{**TINY, key: value})
+    assert "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)  # what transformers' config convention raises
+
+
+def test_a_json_list_becomes_a_tuple_and_ints_become_floats():
+    config = VQVAEConfig(**{**TINY, "channel_mult": [1, 2], "beta": 1})
+    assert config.channel_mult == (1, 2) and isinstance(config.beta, float)
+
+
+def test_a_saved_config_with_a_bad_value_is_one_line_naming_the_folder_and_key(tmp_path):
+    tiny().save_pretrained(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(config.read_text().replace('"codebook_size": 16', '"codebook_size": 1'))
+    with pytest.raises(VqgenError, match=r"cannot load the tokenizer \(tokenizer config: model.codebook_size must be") as err:
+        load_tokenizer(tmp_path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("flag, rule", [("--model.codebook_size=1", "model.codebook_size must be >= 2"),
+                                        ("--model.codebook_decay=1.5", r"model.codebook_decay must be in \[0, 1\)"),
+                                        ("--model.channel_mult=[1,0]", "model.channel_mult must be at least 1 value")])
+def test_the_command_line_refuses_a_bad_model_setting_before_any_work(tmp_path, capsys, flag, rule):
+    (tmp_path / "images").mkdir()
+    for i in range(4):
+        Image.new("L", (16, 16), 40 * i).save(tmp_path / "images" / f"{i}.png")
+    assert main(["train-tokenizer", "--data", f"folder:{tmp_path / 'images'}", "--data.image_size=16",
+                 flag, "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("vqgen train-tokenizer: error: tokenizer config: ") and re.search(rule, err)
+    assert not (tmp_path / "tok").exists()
