@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
 
-from stage2_prior.pixelcnn import PixelCNNPrior
+from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior
 from stage2_prior.vocab import PriorVocab
 from vqgen.errors import VqgenError
+from vqgen.model_folder import load_model, model_folder
 from vqgen.runs import read_json, write_json
 
 META_FILE = "vqgen_prior.json"
 ARCHS = ("gpt", "pixelcnn")
+MODEL_TYPES = {"gpt": (LlamaConfig.model_type, GPT2Config.model_type), "pixelcnn": (PixelCNNConfig.model_type,)}
+FIX = "train one with `vqgen train-prior`"
 
 
 @dataclass
@@ -50,6 +53,8 @@ def write_prior_meta(model_dir: str | Path, meta: PriorMeta) -> None:
 
 def read_prior_meta(model_dir: str | Path) -> PriorMeta:
     path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        raise VqgenError(f"{path}: not found, so {model_dir} is not a prior; pass a folder written by 'vqgen train-prior'")
     data = read_json(path, "prior metadata")
     names = {f.name for f in dataclasses.fields(PriorMeta)}
     missing = sorted(names - set(data))
@@ -63,19 +68,12 @@ def read_prior_meta(model_dir: str | Path) -> PriorMeta:
 
 def prior_folder(path: str | Path) -> Path:
     """The model folder itself, or RUN/model for a training run folder."""
-    path = Path(path)
-    for folder in (path, path / "model"):
-        if (folder / META_FILE).is_file():
-            return folder
-    raise VqgenError(f"{path}: no {META_FILE} here or in {path / 'model'}; pass a prior model or run folder")
+    return model_folder(path, "prior", FIX)
 
 
 def load_prior(path: str | Path) -> LoadedPrior:
     """Load a prior from its model folder or its training run folder."""
     folder = prior_folder(path)
     meta = read_prior_meta(folder)
-    if meta.arch == "gpt":
-        model = AutoModelForCausalLM.from_pretrained(folder)
-    else:
-        model = PixelCNNPrior.from_pretrained(folder)
-    return LoadedPrior(model.eval(), meta)
+    cls = AutoModelForCausalLM if meta.arch == "gpt" else PixelCNNPrior
+    return LoadedPrior(load_model(cls, folder, "prior", MODEL_TYPES[meta.arch], FIX), meta)

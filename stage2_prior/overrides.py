@@ -22,6 +22,8 @@ def merge_overrides(cls: type[PreTrainedConfig], defaults: dict, overrides: dict
 def build_config(cls: type[PreTrainedConfig], kwargs: dict) -> PreTrainedConfig:
     try:
         return cls(**kwargs)
+    except VqgenError:
+        raise  # our own configs name the key themselves (vqgen/model_config.py)
     except (ValueError, TypeError, StrictDataclassError) as err:
         reason = str(err).strip().splitlines()[-1]
         raise VqgenError(f"prior.model: invalid {cls.__name__} ({reason}); fix the value") from None

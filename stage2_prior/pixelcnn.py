@@ -23,7 +23,9 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from stage2_prior.overrides import build_config, merge_overrides
+from vqgen.config import setting
 from vqgen.errors import VqgenError
+from vqgen.model_config import check_settings, refuse
 
 PIXELCNN_PRESETS: dict[str, dict[str, int]] = {
     "demo": {"hidden_size": 64, "num_layers": 6},
@@ -34,27 +36,25 @@ PIXELCNN_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-@strict  # runs validate_architecture on construction, as transformers' own configs do
+@strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
 class PixelCNNConfig(PreTrainedConfig):
     model_type = "vqgen_pixelcnn"
 
-    codebook_size: int = 512  # K
-    num_classes: int = 0  # N; class index N is "unconditional"
-    grid_h: int = 8
-    grid_w: int = 8
-    hidden_size: int = 128
-    num_layers: int = 12
-    kernel_size: int = 5  # odd; the receptive field grows by kernel_size // 2 per layer
-    head_size: int = 256
-    initializer_range: float = 0.02
+    codebook_size: int = setting(512, "K, the number of codes", ge=1)
+    num_classes: int = setting(0, "N; class index N is 'unconditional'", ge=0)
+    grid_h: int = setting(8, "h, rows of the code grid", ge=1)
+    grid_w: int = setting(8, "w, columns of the code grid", ge=1)
+    hidden_size: int = setting(128, "channels of each gated layer", ge=1)
+    num_layers: int = setting(12, "gated layers", ge=1)
+    kernel_size: int = setting(5, "odd; the receptive field grows by kernel_size // 2 per layer", ge=3)
+    head_size: int = setting(256, "channels of the output head", ge=1)
+    initializer_range: float = setting(0.02, "std of the initial weights", ge=0)
 
-    def validate_architecture(self):
-        if self.kernel_size < 3 or self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 3, got {self.kernel_size}")
-        if min(self.codebook_size, self.hidden_size, self.num_layers, self.grid_h, self.grid_w) < 1:
-            raise ValueError("codebook_size, hidden_size, num_layers, grid_h and grid_w must be >= 1")
-        if self.num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+    def __post_init__(self, **kwargs):
+        check_settings(self, "prior")
+        if self.kernel_size % 2 == 0:
+            raise refuse("prior", "kernel_size", self.kernel_size, "must be odd")
+        super().__post_init__(**kwargs)
 
 
 @dataclass

@@ -1,10 +1,17 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
 import stage2_prior  # noqa: F401  (registers the Auto classes)
 from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior, build_pixelcnn
+from vqgen.cli import main
 from vqgen.errors import VqgenError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from codes_folder import write_codes  # noqa: E402
 
 
 def tiny(num_classes=3, grid=6, layers=6, kernel=3) -> PixelCNNPrior:
@@ -79,3 +86,26 @@ def test_bad_config_is_one_line_error(overrides, match):
     with pytest.raises(VqgenError, match=match) as err:
         build_pixelcnn(preset, 11, 0, 6, 6, **overrides)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, rule",
+    [("codebook_size", 0, "be >= 1"), ("num_classes", -1, "be >= 0"), ("grid_h", 0, "be >= 1"), ("grid_w", 0, "be >= 1"),
+     ("hidden_size", 0, "be >= 1"), ("num_layers", 0, "be >= 1"), ("kernel_size", 1, "be >= 3"), ("kernel_size", 4, "be odd"),
+     ("head_size", 0, "be >= 1"), ("initializer_range", -0.1, "be >= 0"), ("initializer_range", float("nan"), "be a finite"),
+     ("hidden_size", "8", "be int")],
+)
+def test_each_bad_setting_is_one_line_naming_its_key(key, value, rule):
+    with pytest.raises(VqgenError, match=rf"^prior config: '?model\.{key}'? must {rule}") as err:
+        PixelCNNConfig(**{key: value})
+    assert "\n" not in str(err.value)
+
+
+def test_the_command_line_refuses_a_bad_model_setting(tmp_path, capsys):
+    codes = write_codes(tmp_path / "codes", n_train=8, n_val=4)
+    capsys.readouterr()  # the writer's progress bars
+    assert main(["train-prior", "--codes", str(codes), "--arch", "pixelcnn", "--preset", "tiny",
+                 "--model.head_size=0", "--out", str(tmp_path / "prior")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vqgen train-prior: error: prior config: model.head_size must be >= 1, got 0")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "prior").exists()
