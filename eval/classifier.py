@@ -18,6 +18,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from einops import rearrange
+from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
@@ -27,34 +28,34 @@ from vqgen.config import setting, to_dict
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
-from vqgen.runs import read_json, write_json
+from vqgen.model_config import check_settings
+from vqgen.model_folder import load_model, model_folder
+from vqgen.runs import write_json
 
 logger = logging.getLogger(__name__)
 
 MODEL_TYPE = "vqgen_classifier"
+FIX = "train one with `vqgen train-classifier`"
 POOLED = 4  # side of the pooled feature map, whatever the image size
 
 
+@strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
 class ClassifierConfig(PreTrainedConfig):
     """Conv stages (conv-BN-ReLU-maxpool, each halves the image), a 4x4 average pool, a `feature_dim`
     layer, the class head. One conv per stage keeps training to ~1-2 CPU minutes."""
 
     model_type = MODEL_TYPE
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        widths: tuple[int, ...] | list[int] = (32, 64, 128),
-        feature_dim: int = 128,
-        data_spec: str = "",
-        **kwargs,
-    ):
-        self.in_channels, self.num_classes, self.widths = in_channels, num_classes, tuple(widths)
-        self.feature_dim, self.data_spec = feature_dim, data_spec
-        if in_channels < 1 or num_classes < 2 or feature_dim < 1 or not self.widths:
-            raise ValueError(f"ClassifierConfig: invalid in_channels/num_classes/widths/feature_dim {self.to_dict()}")
-        super().__init__(**kwargs)
+    in_channels: int = setting(1, "image channels: 1 for grey, 3 for colour images", ge=1)
+    num_classes: int = setting(10, "N, the classes of the data set", ge=2)
+    widths: tuple[int, ...] | list[int] = setting((32, 64, 128), "channels of each conv stage (each halves the image)",
+                                                  ge=1, min_length=1)
+    feature_dim: int = setting(128, "width of the feature layer that classifier FID uses", ge=1)
+    data_spec: str = setting("", "the data set it was trained on, for the report's labels")
+
+    def __post_init__(self, **kwargs):
+        check_settings(self, "classifier")
+        super().__post_init__(**kwargs)
 
 
 @dataclass
@@ -159,11 +160,11 @@ def train_classifier(cfg: ClassifierRunConfig, out: str | Path, resume: bool = F
     return fit(ClassifierTask(cfg), cfg.train, Path(out), resume=resume)
 
 
+def classifier_folder(path: str | Path) -> Path:
+    """The model folder of a classifier given its model folder or its training run folder (RUN/model)."""
+    return model_folder(path, "classifier", FIX)
+
+
 def load_classifier(path: str | Path) -> Classifier:
     """A trained classifier (eval mode) from its model folder or its training run folder."""
-    folder = Path(path) / "model" if (Path(path) / "model" / "config.json").is_file() else Path(path)
-    config = read_json(folder / "config.json", "classifier config (a model folder or a run folder with model/)")
-    if config.get("model_type") != MODEL_TYPE:
-        raise VqgenError(f"{folder / 'config.json'}: model_type is {config.get('model_type')!r}, not "
-                         f"{MODEL_TYPE!r}; pass a folder written by `vqgen train-classifier`")
-    return Classifier.from_pretrained(folder).eval()
+    return load_model(Classifier, path, "classifier", (MODEL_TYPE,), FIX)

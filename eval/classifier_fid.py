@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from eval.classifier import Classifier, load_classifier
+from eval.classifier import Classifier, classifier_folder, load_classifier
 from eval.fid import data_batches, frechet_distance, inception_score, reference_split, stats_of
 from eval.inception import require_finite
 from eval.samples import SampleFolder, check_reference_format
@@ -53,8 +53,7 @@ def classifier_fid(
     real, _ = classifier_outputs(model, data_batches(reference, batch_size=BATCH), f"data '{data.spec}'")
     fake, logits = classifier_outputs(model, samples.batches(BATCH), str(samples_dir))
     is_mean, is_std = inception_score(logits)
-    folder = Path(classifier) / "model" if (Path(classifier) / "model").is_dir() else Path(classifier)
     return {f"classifier FID ({label})": frechet_distance(stats_of(real, {"n": len(real)}), fake),
             f"classifier IS ({label})": is_mean, f"classifier IS std ({label})": is_std,
-            "classifier_sha256": sha256_file(folder / "model.safetensors"), "classifier_n_samples": len(fake),
+            "classifier_sha256": sha256_file(classifier_folder(classifier) / "model.safetensors"), "classifier_n_samples": len(fake),
             "classifier_n_reference": len(real), "classifier_reference_split": split}

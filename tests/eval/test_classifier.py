@@ -46,3 +46,28 @@ def test_a_run_folder_loads_its_model(tmp_path):
     model.save_pretrained(tmp_path / "model")
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(load_classifier(tmp_path)(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize(
+    "key, value, rule",
+    [("in_channels", 0, "be >= 1"), ("num_classes", 1, "be >= 2"), ("widths", (), "be at least 1 value"),
+     ("widths", (8, 0), "be at least 1 value"), ("feature_dim", 0, "be >= 1"), ("feature_dim", 8.0, "be int"),
+     ("data_spec", None, "be str")],
+)
+def test_each_bad_setting_is_one_line_naming_its_key(key, value, rule):
+    with pytest.raises(VqgenError, match=rf"^classifier config: '?model\.{key}'? must {rule}") as err:
+        ClassifierConfig(**{key: value})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage, message", [("model.safetensors", "cannot load the classifier"),
+                                             ("config.json", "config.json is missing")])
+def test_a_damaged_folder_is_one_line_naming_it(tmp_path, damage, message):
+    Classifier(ClassifierConfig(widths=(8,), feature_dim=8)).save_pretrained(tmp_path / "model")
+    if damage == "model.safetensors":
+        (tmp_path / "model" / damage).write_bytes(b"not safetensors")
+    else:
+        (tmp_path / "model" / damage).unlink()
+    with pytest.raises(VqgenError, match=message) as err:
+        load_classifier(tmp_path)
+    assert str(tmp_path / "model") in str(err.value) and "\n" not in str(err.value)
