@@ -329,8 +329,10 @@ def extract_features(
     if not features:
         raise VqgenError(f"{desc}: no images to score; check the image folder or data spec")
     extracted = Extracted(torch.cat(features), torch.cat(logits) if logits else None)
-    require_finite(extracted.features, f"{desc}: the Inception features of {model.weights.path}",
-                   "the weight file is damaged: delete it (or pass another --inception-weights)")
+    damaged = "the weight file is damaged: delete it (or pass another --inception-weights)"
+    require_finite(extracted.features, f"{desc}: the Inception features of {model.weights.path}", damaged)
+    if extracted.logits is not None:
+        require_finite(extracted.logits, f"{desc}: the Inception logits of {model.weights.path}", damaged)
     return extracted
 
 

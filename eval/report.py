@@ -89,6 +89,8 @@ def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen e
 def check_report_out(out: str | Path) -> None:
     """Refuse, before any work, a `write_report` destination that cannot be written or holds files
     that are not an earlier `vqgen fid` report (recognised by the keys of its JSON)."""
+    if Path(out).suffix == ".md":
+        raise VqgenError(f"{out}: pass --out NAME.json (NAME.md is written beside it) or a folder")
     json_path, md_path = report_paths(out)
     check_output_file(json_path, lambda p: json_has_keys(p, REPORT_KEYS), "a `vqgen fid` report")
     check_output_file(md_path, lambda p: json_has_keys(json_path, REPORT_KEYS), "the Markdown of a `vqgen fid` report")

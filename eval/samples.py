@@ -65,8 +65,8 @@ def sample_paths(root: Path, n: int = 0) -> list[Path]:
     they are temporary copies that a killed writer left behind (`.NAME.png.XXXX.tmp/`)."""
     check_count(n, "samples")
     if not root.is_dir():
-        raise VqgenError(f"{root}: samples folder not found; pass the folder of PNGs `vqgen sample` wrote "
-                         "(its images/ sub-folder)")
+        raise VqgenError(f"{root}: {'not a folder' if root.exists() else 'not found'}; pass the folder of PNG "
+                         "samples (`vqgen sample` writes them to OUT/images)")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not paths:

@@ -141,15 +141,16 @@ def test_ref_made_at_another_size_or_channels_is_refused(tmp_path, pngs, random_
             fid(samples, tmp_path / "ref.npz", weights=random_pth)
 
 
-def test_nan_features_are_refused_naming_the_weights(tmp_path, pngs, random_pth):
+@pytest.mark.parametrize("layer, what", [("Conv2d_1a_3x3.conv.weight", "features"), ("fc.weight", "logits")])
+def test_nan_features_are_refused_naming_the_weights(tmp_path, pngs, random_pth, layer, what):
     state = torch.load(random_pth, weights_only=True)
-    state["Conv2d_1a_3x3.conv.weight"].fill_(float("nan"))
+    state[layer].fill_(float("nan"))
     broken = tmp_path / "w" / "pt_inception-2015-12-05-0badbad0.pth"
     broken.parent.mkdir()
     torch.save(state, broken)
     stats = stats_of(features(), {})
     np.savez(tmp_path / "pf.npz", mu=stats.mu, sigma=stats.sigma)
-    with pytest.raises(VqgenError, match=r"samples: the Inception features of .*0badbad0.pth hold NaN or inf for 2 "
+    with pytest.raises(VqgenError, match=rf"samples: the Inception {what} of .*0badbad0.pth hold NaN or inf for 2 "
                                          r"of 2 images; the weight file is damaged"):
         fid(pngs(tmp_path / "samples", 2, 16), tmp_path / "pf.npz", weights=broken)
 

@@ -47,6 +47,7 @@ FID_RESULT = {"fid": 3.0, "network": "TF Inception 2015-12-05 pool3 (2048-d)", "
     ("folder", r"fid.json: is a folder, and a `vqgen fid` report is a file"),
     ("parent is a file", r"is a file, so .* cannot be made"),
     ("read-only", r"fid.json: is read-only"),
+    ("markdown name", r"fid.md: pass --out NAME.json \(NAME.md is written beside it\) or a folder"),
 ])
 def test_report_destination_is_checked(tmp_path, setup, message):
     out = tmp_path / "fid.json"
@@ -66,6 +67,8 @@ def test_report_destination_is_checked(tmp_path, setup, message):
     elif setup == "read-only":
         write_report(out, FID_RESULT)
         out.chmod(0o444)
+    elif setup == "markdown name":
+        out = out.with_suffix(".md")
     with pytest.raises(VqgenError, match=message):
         check_report_out(out)
 

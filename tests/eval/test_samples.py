@@ -71,6 +71,13 @@ def test_too_few_samples_are_refused_with_the_count(tmp_path, pngs, ref_npz, no_
             score(three, ref_npz, no_weights, n=n)
 
 
+def test_samples_that_are_not_a_folder_are_refused(tmp_path, ref_npz, no_weights):
+    (tmp_path / "one.png").write_bytes(b"x")
+    for path, message in ((tmp_path / "one.png", "not a folder"), (tmp_path / "absent", "not found")):
+        with pytest.raises(VqgenError, match=rf"{path.name}: {message}; pass the folder of PNG samples"):
+            score(path, ref_npz, no_weights)
+
+
 @pytest.mark.parametrize("content", ["empty", "no images"])
 def test_a_folder_without_images_is_refused(tmp_path, ref_npz, no_weights, content):
     folder = tmp_path / "s"
