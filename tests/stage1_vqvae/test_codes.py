@@ -20,7 +20,8 @@ from stage1_vqvae.codes import (
     read_meta,
     tokenizer_sha256,
 )
-from stage1_vqvae.model import VQVAE, VQVAEConfig, load_tokenizer
+from stage1_vqvae.load import load_tokenizer
+from stage1_vqvae.model import VQVAE, VQVAEConfig
 from vqgen.config import to_dict
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError

@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from stage1_vqvae.model import load_tokenizer, training_data
+from stage1_vqvae.load import load_tokenizer, training_data
 from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask, train_tokenizer
 from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
