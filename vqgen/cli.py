@@ -51,6 +51,9 @@ AT_LEAST_ONE = Rule(ge=1)
 FID_COUNT = Rule(ge=2, choices=(0,))
 # SampleConfig fields that are also `vqgen sample` flags (--top-k sets top_k).
 SAMPLE_FLAGS = ("n", "temperature", "top_k", "top_p", "cfg_scale", "per_class", "batch_size", "seed")
+# The sections of a pipeline YAML (vqgen.pipeline.PipelineConfig): a stage command given such a file
+# reads its own section and `data:` (importing the pipeline here would import every stage).
+PIPELINE_SECTIONS = ("data", "tokenizer", "prior", "sample", "eval")
 
 
 def configure_runtime() -> None:
@@ -150,8 +153,14 @@ def run(args: argparse.Namespace, overrides: list[str]) -> str:
 def _cmd_train_tokenizer(args, overrides):
     from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 
-    cfg = load_config(TokenizerRunConfig, args.config, overrides, section="tokenizer", flags=_data_flags(args))
+    cfg = _stage_config(TokenizerRunConfig, "tokenizer", args, overrides, _data_flags(args))
     return f"tokenizer: {train_tokenizer(cfg, args.out, resume=args.resume)}"
+
+
+def _stage_config(cls: type, section: str, args, overrides: list[str], flags: dict[str, Any]):
+    """Defaults, then --config (its `section` and data: if a pipeline YAML, else the whole file),
+    then the named flags, then --key=value overrides."""
+    return load_config(cls, args.config, overrides, section=section, pipeline_keys=PIPELINE_SECTIONS, flags=flags)
 
 
 def _cmd_dump_codes(args, overrides):
@@ -192,7 +201,7 @@ def _cmd_train_prior(args, overrides):
     from stage2_prior.train import PriorRunConfig, train_prior
 
     flags = {"codes": args.codes, "arch": args.arch, "preset": args.preset}
-    cfg = load_config(PriorRunConfig, args.config, overrides, section="prior", flags=flags)
+    cfg = _stage_config(PriorRunConfig, "prior", args, overrides, flags)
     if not cfg.codes:
         raise VqgenError("train-prior: no code grids given; pass --codes DIR (written by vqgen dump-codes)")
     return f"prior: {train_prior(cfg, args.out, resume=args.resume)}"
@@ -250,7 +259,7 @@ def _cmd_fid(args, overrides):
 def _cmd_train_classifier(args, overrides):
     from eval.classifier import ClassifierRunConfig, train_classifier
 
-    cfg = load_config(ClassifierRunConfig, args.config, overrides, section="eval.classifier", flags=_data_flags(args))
+    cfg = _stage_config(ClassifierRunConfig, "eval.classifier", args, overrides, _data_flags(args))
     return f"classifier: {train_classifier(cfg, args.out, resume=args.resume)}"
 
 

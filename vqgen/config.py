@@ -129,32 +129,23 @@ class Layer(NamedTuple):
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (), *,
-                section: str | None = None, flags: dict[str, Any] | None = None, base: T | None = None) -> T:
+                section: str | None = None, pipeline_keys: Iterable[str] = (), flags: dict[str, Any] | None = None,
+                base: T | None = None) -> T:
     """Defaults of `cls` (or `base`), then the YAML file at `path`, then named `flags`
-    ({"data.spec": ...}, None for unset), then `--a.b=value` overrides; every value checked."""
+    ({"data.spec": ...}, None for unset), then `--a.b=value` overrides; every value checked.
+    A stage reads its dotted `section` of a pipeline YAML (see `config_layers`)."""
     cfg = cls() if base is None else base
-    for layer in config_layers(cls, path, overrides, section=section, flags=flags):
+    for layer in config_layers(cls, path, overrides, section=section, pipeline_keys=pipeline_keys, flags=flags):
         cfg = apply(cfg, *layer)
     return cfg
 
 
 def config_layers(cls: type, path: str | Path | None = None, overrides: Iterable[str] = (), *,
-                  section: str | None = None, flags: dict[str, Any] | None = None) -> list[Layer]:
+                  section: str | None = None, pipeline_keys: Iterable[str] = (),
+                  flags: dict[str, Any] | None = None) -> list[Layer]:
     """The sources of settings in the order they apply: the file first, the command line last, so
-    that an error names the source that holds the bad key.
-
-    A pipeline YAML (one holding the dotted `section`, e.g. 'eval.classifier') gives that section,
-    and its top-level `data:` when `cls` has data settings; any other YAML is `cls`'s settings alone."""
-    layers = []
-    if path is not None:
-        raw = read_yaml(path)
-        node = _section(raw, section) if section else None
-        if node is None:
-            layers.append(Layer(raw, str(path)))
-        else:
-            layers.append(Layer(node, str(path), f"{section}."))
-            if "data" in raw and "data" in {f.name for f in dataclasses.fields(cls)}:
-                layers.append(Layer({"data": raw["data"]}, str(path)))
+    that an error names the source that holds the bad key."""
+    layers = [] if path is None else _file_layers(cls, path, section, set(pipeline_keys))
     given = {key: value for key, value in (flags or {}).items() if value is not None}
     if given:
         layers.append(Layer(nest(given.items()), COMMAND_LINE, "--"))
@@ -164,11 +155,22 @@ def config_layers(cls: type, path: str | Path | None = None, overrides: Iterable
     return layers
 
 
-def _section(raw: dict, dotted: str) -> dict | None:
+def _file_layers(cls: type, path: str | Path, section: str | None, pipeline_keys: set[str]) -> list[Layer]:
+    """A pipeline YAML (its top-level keys all among `pipeline_keys`) gives the dotted `section`
+    (e.g. 'eval.classifier'; absent: no settings) and its `data:` when `cls` has data settings. Any
+    other YAML is `cls`'s settings alone, so that a misspelt key in it is reported, not skipped."""
+    raw = read_yaml(path)
+    if section is None or not raw or not set(raw) <= pipeline_keys:
+        return [Layer(raw, str(path))]
     node: Any = raw
-    for key in dotted.split("."):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node if isinstance(node, dict) else None
+    for key in section.split("."):
+        node = node.get(key, {}) if isinstance(node, dict) else node
+    if not isinstance(node, dict):
+        raise VqgenError(f"{path}: '{section}' is a section; give it a mapping of settings")
+    layers = [Layer(node, str(path), f"{section}.")]
+    if "data" in raw and "data" in {f.name for f in dataclasses.fields(cls)}:
+        layers.append(Layer({"data": raw["data"]}, str(path)))
+    return layers
 
 
 def read_yaml(path: str | Path) -> dict:

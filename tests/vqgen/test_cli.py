@@ -127,8 +127,8 @@ FID = ["fid", "--samples", "{tmp}/s", "--ref", "{tmp}/ref.npz"]
         (["train-classifier", "--widths=[]"], "--widths"),
         (["train-classifier", "--widths=[8, 0]"], "--widths"),
         (["dump-codes", "--tokenizer", "{tmp}/t", "--batch-size", "0"], "--batch-size"),
-        (["dump-codes", "--tokenizer", "{tmp}/t", "--data.val_fraction=2"], "--data.val_fraction"),
-        (["dump-codes", "--tokenizer", "{tmp}/t", "--train.steps=3"], "--train"),
+        (["fid-ref", "--data.val_fraction=2"], "--data.val_fraction"),
+        (["fid-ref", "--train.steps=3"], "--train"),
         (["reconstruct", "--tokenizer", "{tmp}/t", "--n", "0"], "--n"),
         (["reconstruct", "--tokenizer", "{tmp}/t", "--rfid-n", "1"], "--rfid-n"),
         (["fid-ref", "--n", "1"], "--n"),
@@ -163,8 +163,13 @@ def test_settings_out_of_range_are_one_line_before_any_work(tmp_path, capsys, ar
     [
         ("train-tokenizer", "tokenizer:\n  train:\n    batch_size: 0\n", [], "{yaml}", "tokenizer.train.batch_size"),
         ("train-tokenizer", "train:\n  lr: .nan\n", [], "{yaml}", "train.lr"),  # a file of the stage's keys alone
-        ("train-tokenizer", "data:\n  channels: 2\n", [], "{yaml}", "data.channels"),
-        ("train-classifier", "eval:\n  classifier:\n    feature_dim: 0\n", [], "{yaml}", "eval.classifier.feature_dim"),
+        # A pipeline YAML: the command reads its own section and data:, and skips the others.
+        ("train-tokenizer", "tokenizer:\n  preset: tiny\nprior:\n  train:\n    lr: .nan\ndata:\n  channels: 2\n", [],
+         "{yaml}", "data.channels"),
+        ("train-classifier", "sample:\n  n: 0\neval:\n  inception_n: 8\n  classifier:\n    feature_dim: 0\n", [],
+         "{yaml}", "eval.classifier.feature_dim"),
+        ("train-prior", "data:\n  spec: nosuch\ntokenizer:\n  preset: tiny\n", ["--train.steps=0"], "command line",
+         "--train.steps"),
         ("train-prior", "prior:\n  train:\n    stepz: 3\n", [], "{yaml}", "prior.train.stepz"),
         ("train-prior", "prior:\n  train:\n    steps: 3\n", ["--train.stepz=3"], "command line", "--train.stepz"),
         ("pipeline", "eval:\n  inception_n: 2\n", [], "{yaml}", "eval.inception_n"),

@@ -171,13 +171,30 @@ def test_a_pipeline_yaml_gives_its_section_and_data(tmp_path):
         data: Inner = field(default_factory=Inner)
         flag: bool = False
 
+    def load(text: str, *overrides: str, flags=None) -> Stage:
+        path.write_text(text)
+        return load_config(Stage, path, overrides, section="eval.stage", pipeline_keys=("data", "eval", "other"),
+                           flags=flags)
+
     path = tmp_path / "pipeline.yaml"
-    path.write_text("data:\n  steps: 7\neval:\n  stage:\n    flag: true\nother:\n  x: 1\n")
-    cfg = load_config(Stage, path, ["--data.lr=0.5"], section="eval.stage", flags={"data.name": "n", "flag": None})
+    cfg = load("data:\n  steps: 7\neval:\n  stage:\n    flag: true\nother:\n  x: 1\n", "--data.lr=0.5",
+               flags={"data.name": "n", "flag": None})
     assert cfg == Stage(data=Inner(steps=7, lr=0.5, name="n"), flag=True)
-    path.write_text("eval:\n  stage:\n    flagg: true\n")
+    assert load("data:\n  steps: 7\nother:\n  x: 1\n") == Stage(data=Inner(steps=7))  # no section of its own
+    assert load("flag: true\n") == Stage(flag=True)  # a file of the stage's settings alone
     with pytest.raises(VqgenError, match=r"pipeline.yaml: unknown setting 'eval\.stage\.flagg'"):
-        load_config(Stage, path, section="eval.stage")
+        load("eval:\n  stage:\n    flagg: true\n")
+    with pytest.raises(VqgenError, match=r"pipeline.yaml: unknown setting 'flagg'"):  # not a pipeline key: reported
+        load("flagg: true\ndata:\n  steps: 7\n")
+    with pytest.raises(VqgenError, match=r"'eval.stage' is a section"):
+        load("eval:\n  stage: 3\n")
+
+
+def test_cli_knows_the_pipeline_sections():
+    from vqgen.cli import PIPELINE_SECTIONS
+    from vqgen.pipeline import PipelineConfig
+
+    assert PIPELINE_SECTIONS == tuple(f.name for f in dataclasses.fields(PipelineConfig))
 
 
 def test_every_run_config_default_keeps_its_rules():
