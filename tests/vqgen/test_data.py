@@ -390,3 +390,23 @@ def test_hf_images_convert_like_files(tmp_path):
     assert by_row[0][0, 1, 1] == pytest.approx(1000 / 65535, abs=1e-6)  # and 1000 is not 255
     assert by_row[1][:, 0, 0].tolist() == [1, 1, 1]  # transparent red is white
     assert by_row[2][:, 0, 0] == pytest.approx([60 / 255] * 3)  # grey replicated
+
+
+def _rows(ds) -> list[torch.Tensor]:
+    return [ds[i]["image"] for i in range(len(ds))]
+
+
+def test_a_source_with_one_split_serves_test_with_the_val_cut(tmp_path):
+    # Folder without split folders and hf with only a train split: train and val are cut by the
+    # seeded split, and test is that same val cut, for both readers alike.
+    import datasets
+
+    _write_images(tmp_path / "flat", 10, size=(4, 4))
+    images = [Image.fromarray(np.full((4, 4), 20 * i, np.uint8)) for i in range(10)]
+    datasets.Dataset.from_dict({"image": images}).cast_column("image", datasets.Image()).save_to_disk(tmp_path / "hf")
+    for spec in (f"folder:{tmp_path / 'flat'}", f"hf:{tmp_path / 'hf'}"):
+        cfg = DataConfig(spec=spec, image_size=4, val_fraction=0.3, split_seed=1)
+        train, val, test = (load_images(cfg, s) for s in ("train", "val", "test"))
+        assert (len(train), len(val), len(test)) == (7, 3, 3)
+        assert all(torch.equal(a, b) for a, b in zip(_rows(val), _rows(test), strict=True))
+        assert not any(torch.equal(a, b) for a in _rows(train) for b in _rows(val))
