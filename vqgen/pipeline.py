@@ -30,7 +30,7 @@ from vqgen.data import SPLITS, DataConfig, load_images
 from vqgen.errors import VqgenError
 from vqgen.preflight import check_pipeline
 from vqgen.report import write_run_report
-from vqgen.runs import MetricsLog, atomic_path, finished_record, run_stage
+from vqgen.runs import MetricsLog, atomic_path, claim_output, finished_record, run_stage
 
 # Sections whose own `data:` the pipeline sets from the top-level one: one data set serves every stage.
 SHARED_DATA = (("tokenizer",), ("eval", "classifier"))
@@ -134,18 +134,19 @@ def run_pipeline(cfg: PipelineConfig, out: str | Path, inception_weights: str | 
     `pipeline_config`, so the tokenizer and the classifier read the top-level `data:`."""
     ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None)
     check_pipeline(cfg, ctx.inception_weights)  # before anything runs or is written
-    ctx.out.mkdir(parents=True, exist_ok=True)
     stages = _stages(ctx)
     for name, _ in stages:  # refuse changed settings before config.yaml says they ran
         finished_record(ctx.out, name, stage_settings(cfg, name))
-    with atomic_path(ctx.out / "config.yaml") as tmp:
-        tmp.write_text(resolved_yaml(cfg))
-    records = {}
-    for number, (name, body) in enumerate(stages, 1):
-        records[name] = run_stage(ctx.out, name, _timed(body, ctx), settings=stage_settings(cfg, name))
-        when = "done earlier" if records[name].get("skipped") else f"{records[name]['seconds']:.1f} s"
-        echo(f"[{number}/{len(stages)}] {name:<11} {when}")
-    return write_run_report(ctx.out, records)
+    with claim_output(ctx.out, "pipeline"):
+        (ctx.out / "stages").mkdir(parents=True, exist_ok=True)  # first: it marks the folder as a pipeline run
+        with atomic_path(ctx.out / "config.yaml") as tmp:
+            tmp.write_text(resolved_yaml(cfg))
+        records = {}
+        for number, (name, body) in enumerate(stages, 1):
+            records[name] = run_stage(ctx.out, name, _timed(body, ctx), settings=stage_settings(cfg, name))
+            when = "done earlier" if records[name].get("skipped") else f"{records[name]['seconds']:.1f} s"
+            echo(f"[{number}/{len(stages)}] {name:<11} {when}")
+        return write_run_report(ctx.out, records)
 
 
 def _timed(body: Callable[[_Context], dict[str, Any]], ctx: _Context) -> Callable[[], dict[str, Any]]:
