@@ -5,8 +5,8 @@ A checkpoint folder (`checkpoints/step_XXXXXXXX/`) holds:
     model.safetensors      the live model's weights and buffers
     ema.safetensors        the EMA of the weights, when train.ema_decay > 0
     optimizer.safetensors  the optimizer's tensors (AdamW's moments and step counts), named "<param>.<name>"
-    state.json             the format version, the counters (step), the number of processes, the optimizer's
-                           param groups, the learning-rate schedule and the fp16 loss scaler
+    state.json             the format version, the counters (step), the number of processes, whether there is
+                           an EMA, the optimizer's param groups, the learning-rate schedule, the fp16 loss scaler
     rng_<i>.json           process i's random generators: Python, NumPy, torch CPU and CUDA
 
 Accelerate's `save_state`/`load_state` would pickle most of this: `torch.save` for the optimizer and the
@@ -89,7 +89,7 @@ def read(folder: Path, parts: Parts, process_index: int) -> Loaded:
     """Read and check every file of a checkpoint; raise CheckpointError naming the first bad one."""
     state = _read_state(folder, parts)
     ema = None
-    if parts.ema is not None and (folder / EMA).exists():  # a run that turned the EMA on starts it here
+    if parts.ema is not None and state["ema"]:  # else the run turned the EMA on now: it starts from the model
         ema = _read_tensors(folder / EMA, parts.ema.state_dict())
     return Loaded(
         model=_read_tensors(folder / MODEL, parts.model.state_dict()),
@@ -98,7 +98,7 @@ def read(folder: Path, parts: Parts, process_index: int) -> Loaded:
                    "param_groups": state["param_groups"]},
         scheduler=state["scheduler"],
         counters=state["counters"],
-        scaler=state["scaler"] if parts.scaler is not None else None,
+        scaler=state["scaler"],
         rng=_read_rng(folder, process_index, state["processes"]),
     )
 
@@ -138,6 +138,7 @@ def _state_json(parts: Parts, num_processes: int) -> dict[str, Any]:
         "format": FORMAT,
         "counters": parts.counters.state_dict(),
         "processes": num_processes,
+        "ema": parts.ema is not None,
         "param_groups": parts.optimizer.state_dict()["param_groups"],
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
@@ -147,17 +148,17 @@ def _state_json(parts: Parts, num_processes: int) -> dict[str, Any]:
 def _read_state(folder: Path, parts: Parts) -> dict[str, Any]:
     path = folder / STATE
     if not path.exists() and any(folder.glob("*.pkl")):
-        raise CheckpointError(f"{folder.name} is in the pickle format of older vqgen versions, which --resume "
-                              "no longer loads (a pickle can run code)")
+        raise CheckpointError("in the pickle format of older vqgen versions, which --resume no longer loads "
+                              "(a pickle can run code)")
     state = _read_json(path)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path.name}: not a vqgen checkpoint of format {FORMAT}")
     template = _state_json(parts, num_processes=0)
-    saved_scaler = state.pop("scaler", None)
-    template.pop("scaler")
+    # The loss scaler exists under fp16 only, and mixed_precision may change on resume: checked apart.
+    saved_scaler, _ = state.pop("scaler", None), template.pop("scaler")
     state = _conform(state, template, STATE)
-    state["scaler"] = _conform(saved_scaler, parts.scaler.state_dict(), f"{STATE} scaler") \
-        if parts.scaler is not None and saved_scaler is not None else None
+    both = parts.scaler is not None and saved_scaler is not None
+    state["scaler"] = _conform(saved_scaler, parts.scaler.state_dict(), f"{STATE} scaler") if both else None
     return state
 
 

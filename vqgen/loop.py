@@ -12,7 +12,6 @@ per micro-batch, so a 2-process run sees the same samples at each step as a 1-pr
 from __future__ import annotations
 
 import copy
-import errno
 import math
 import os
 import re
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 from vqgen import checkpoint
 from vqgen.config import check, setting
 from vqgen.errors import VqgenError
-from vqgen.runs import MetricsLog, atomic_path, read_json, write_json
+from vqgen.runs import DISK_FULL, MetricsLog, atomic_path, read_json, write_json
 
 logger = get_logger(__name__)
 CHECKPOINT = re.compile(r"^step_(\d{8})$")
@@ -282,13 +281,13 @@ def _resume_note(last: Path | None, fix: str) -> str:
             "(--resume is not needed)")
 
 
-# Write errors that mean "no room": a full disk, a full quota, a file-size limit (ulimit -f).
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # safetensors' writer reports errno in its message only
 
 
 @contextmanager
 def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | None]) -> Iterator[None]:
+    """A write that failed for lack of room (checkpoint, metrics, model): one line naming the file, if
+    the error names it, else the run folder, and what is left to resume from."""
     try:
         yield
     except Exception as err:
@@ -296,8 +295,8 @@ def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | N
         if code not in DISK_FULL:
             raise
         path = getattr(err, "filename", None) or out_dir
-        fix = f"free some space or raise the limit on {Path(path).parent}"
-        raise VqgenError(f"{path}: {os.strerror(code)} while writing; {_resume_note(last_checkpoint(), fix)}") from None
+        note = _resume_note(last_checkpoint(), "free some disk space (or raise your quota or `ulimit -f`)")
+        raise VqgenError(f"{path}: could not write ({os.strerror(code)}); {note}") from None
 
 
 def _rust_errno(err: Exception) -> int | None:

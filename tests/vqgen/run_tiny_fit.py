@@ -15,11 +15,13 @@ from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
 
 
-class NoDropoutTask(TinyTask):
-    # Dropout draws differ per process, so the 1-vs-2 process comparison trains without it.
-    def __init__(self, sigkill_at_call: int = -1):
-        super().__init__()
-        self.model.net[1].p = 0.0
+class ScriptTask(TinyTask):
+    """Without dropout by default: its draws differ per process, so the 1-vs-2 process comparison trains
+    without it; and without the metric that draws noise."""
+
+    def __init__(self, sigkill_at_call: int = -1, dim: int = 4, dropout: float = 0.0):
+        super().__init__(dim=dim)
+        self.model.net[1].p = dropout
         self.sigkill_at_call = sigkill_at_call
 
     def training_step(self, model, batch):
@@ -37,9 +39,11 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=CFG.steps)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--sigkill-at-call", type=int, default=-1)
+    parser.add_argument("--dim", type=int, default=4)
+    parser.add_argument("--dropout", type=float, default=0.0)
     args = parser.parse_args()
     try:
-        fit(NoDropoutTask(args.sigkill_at_call), dataclasses.replace(CFG, mixed_precision=args.precision, steps=args.steps),
-            args.out, resume=args.resume)
+        cfg = dataclasses.replace(CFG, mixed_precision=args.precision, steps=args.steps)
+        fit(ScriptTask(args.sigkill_at_call, args.dim, args.dropout), cfg, args.out, resume=args.resume)
     except VqgenError as err:
         sys.exit(f"run_tiny_fit: error: {err}")

@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from vqgen import checkpoint
 from vqgen.errors import VqgenError
-from vqgen.loop import fit
+from vqgen.loop import TrainState, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
-from run_tiny_fit import NoDropoutTask  # noqa: E402
+from run_tiny_fit import ScriptTask  # noqa: E402
 from tiny_task import CFG, Killed, TinyTask, saved_weights  # noqa: E402
 
 MARKER = "PAYLOAD_RAN"
@@ -112,14 +114,14 @@ def test_checkpoint_of_the_old_pickle_format_is_refused(tmp_path):
     (ckpt / "state.json").unlink()
     for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):
         (ckpt / name).write_bytes(pickle.dumps({"step": 8}))
-    with pytest.raises(VqgenError, match="step_00000008 is in the pickle format"):
+    with pytest.raises(VqgenError, match="step_00000008: in the pickle format"):
         fit(TinyTask(), CFG, tmp_path, resume=True)
 
 
 def test_full_disk_is_one_line_and_the_checkpoint_before_resumes(tmp_path):
     """Killed (-9) at step 6, then resumed where a write fails for room (EFBIG under `ulimit -f`, as ENOSPC
     on a full disk) in the step 8 checkpoint: one line naming the file, and step 4 still resumes exactly."""
-    whole = saved_weights(fit(NoDropoutTask(), dataclasses.replace(CFG_TINY_FIT, steps=12), tmp_path / "whole"))
+    whole = saved_weights(fit(ScriptTask(), dataclasses.replace(CFG_TINY_FIT, steps=12), tmp_path / "whole"))
     run = tmp_path / "run"
     assert _tiny_fit(run, "--steps", "12", "--sigkill-at-call", "6").returncode == -signal.SIGKILL
     before = run / "checkpoints" / "step_00000004"
@@ -135,8 +137,22 @@ def test_full_disk_is_one_line_and_the_checkpoint_before_resumes(tmp_path):
     assert f"the last good checkpoint, {before}, is intact" in line and "--resume" in line
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000004"]  # no half checkpoint
     assert _digests(before) == digests
-    resumed = fit(NoDropoutTask(), dataclasses.replace(CFG_TINY_FIT, steps=12), run, resume=True)
+    resumed = fit(ScriptTask(), dataclasses.replace(CFG_TINY_FIT, steps=12), run, resume=True)
     _assert_same(saved_weights(resumed), whole)
+
+
+def test_full_disk_while_saving_the_model_is_one_line(tmp_path):
+    """The final save_pretrained writes through safetensors' own writer, whose errors are not OSErrors."""
+    run = tmp_path / "run"
+    assert _tiny_fit(run, "--dim", "64").returncode == 0  # weights 4 kB, metrics.jsonl 1 kB
+    limit = (run / "model" / "model.safetensors").stat().st_size // 2
+    assert limit > (run / "metrics.jsonl").stat().st_size
+    shutil.rmtree(run / "model")  # as if killed while saving it: --resume then only saves the model
+    failed = _tiny_fit(run, "--dim", "64", "--resume", file_size_limit=limit)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "File too large" in line and str(run / "checkpoints" / "step_00000008") in line
+    assert not (run / "model").exists() and not list(run.glob(".model*"))  # nothing half-written left
 
 
 def _tiny_fit(out: Path, *args: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess:
@@ -154,3 +170,40 @@ def _tiny_fit(out: Path, *args: str, file_size_limit: int | None = None) -> subp
 
 def _digests(folder: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_resume_exactly_past_a_bad_random_state(tmp_path, cpu_launch):
+    """Each process saves its own random generators (here for dropout): when only process 1 cannot read its
+    file in the newest checkpoint, both fall back to the one before, and the run ends as if never stopped."""
+    script = [str(Path(__file__).parent / "run_tiny_fit.py")]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+
+    def launch(out: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cpu_launch(2), *script, str(out), "--steps", "12", "--dropout", "0.5", *args],
+                              env=env, capture_output=True, text=True, timeout=180)
+
+    assert launch(tmp_path / "whole").returncode == 0
+    assert launch(tmp_path / "split", "--sigkill-at-call", "10").returncode != 0  # checkpoints at steps 4 and 8
+    (tmp_path / "split" / "checkpoints" / "step_00000008" / "rng_1.json").write_text("{}")
+    resumed = launch(tmp_path / "split", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same(saved_weights(tmp_path / "split" / "model"), saved_weights(tmp_path / "whole" / "model"))
+
+
+def test_the_fp16_loss_scale_is_resumed(tmp_path):
+    """Accelerate's GradScaler exists under fp16 on a GPU only; the CPU one has the same state."""
+
+    def parts(scale: float) -> checkpoint.Parts:
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters())
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        scaler.scale(torch.ones(()))  # the scale tensor is made on first use
+        return checkpoint.Parts(model, optimizer, scheduler, TrainState(), scaler=scaler)
+
+    saved, fresh = parts(1024.0), parts(2.0**16)
+    checkpoint.save(tmp_path, saved, process_index=0, num_processes=1)
+    checkpoint.apply(checkpoint.read(tmp_path, fresh, process_index=0), fresh)
+    assert fresh.scaler.state_dict() == saved.scaler.state_dict() and fresh.scaler.get_scale() == 1024.0

@@ -15,7 +15,7 @@ from vqgen.loop import TrainConfig, fit, param_groups, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
-from run_tiny_fit import NoDropoutTask  # noqa: E402
+from run_tiny_fit import ScriptTask  # noqa: E402
 from tiny_task import CFG, Killed, TinyModel, TinyTask  # noqa: E402
 from tiny_task import saved_weights as _weights  # noqa: E402
 
@@ -151,7 +151,7 @@ def test_bf16_smoke(tmp_path):
     script = Path(__file__).parent / "run_tiny_fit.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, str(script), str(tmp_path / "bf16"), "bf16"], env=env, check=True, timeout=120)
-    fit(NoDropoutTask(), CFG_TINY_FIT, tmp_path / "fp32")
+    fit(ScriptTask(), CFG_TINY_FIT, tmp_path / "fp32")
     bf16, fp32 = ([loss for _, loss, _ in _train_losses(tmp_path / run)] for run in ("bf16", "fp32"))
     assert bf16 != fp32, "autocast did not change anything"
     assert bf16 == pytest.approx(fp32, rel=0.05)

@@ -58,11 +58,12 @@ class Killed(Exception):
 
 
 class TinyTask:
-    def __init__(self, n: int = 96, nan_at_step: int = -1, kill_at_step: int = -1, inf_grad_at_step: int = -1):
+    def __init__(self, n: int = 96, nan_at_step: int = -1, kill_at_step: int = -1, inf_grad_at_step: int = -1,
+                 dim: int = 4):
         torch.manual_seed(0)
-        self.model = TinyModel(TinyConfig())
-        self.train_set, self.val_set = Points(n), Points(32, seed=1)
-        self.run_config = {"model": {"dim": 4}}
+        self.model = TinyModel(TinyConfig(dim))
+        self.train_set, self.val_set = Points(n, dim), Points(32, dim, seed=1)
+        self.run_config = {"model": {"dim": dim}}
         self.calls, self.nan_at_step, self.kill_at_step = 0, nan_at_step, kill_at_step
         self.inf_grad_at_step = inf_grad_at_step
 
