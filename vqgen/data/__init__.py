@@ -12,7 +12,7 @@
 
 Every item is `{"image": (C, H, W) float in [-1, 1], "label": int64 (-1 when none), "index": int64}`.
 Where a source has no validation split, a deterministic one is cut from its training split.
-Folder and hf images are decoded by `vqgen.images` (16-bit scaling, alpha on white, EXIF
+Folder and hf images are decoded by `vqgen.data.images` (16-bit scaling, alpha on white, EXIF
 orientation). Loading a split reads every image's header once: a bad image stops there, before any
 work, or with `skip_bad` is dropped (each image is then decoded in full to find them) and counted in
 `ImageDataset.skipped`. The channel count is the whole source's: 3 when any image of any split is
@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from vqgen.config import setting
 from vqgen.errors import VqgenError
-from vqgen.images import (
+from vqgen.data.images import (
     BAD_IMAGE,
     ImageKind,
     ImageSource,
@@ -312,7 +312,7 @@ def _image_files(root: Path) -> list[Path]:
 
 class _HFSource(_Source):
     """Rows `rows` of one stored split of a `datasets` data set whose image column is left undecoded
-    (`raw`), so that vqgen.images decodes it as it does files; a broken image names its row."""
+    (`raw`), so that vqgen.data.images decodes it as it does files; a broken image names its row."""
 
     def __init__(self, raw, rows: np.ndarray, label_column: str | None, channels: int, name: str):
         self.raw, self.rows, self.label_column, self.channels, self.name = raw, rows, label_column, channels, name
@@ -366,7 +366,7 @@ def _huggingface(cfg: DataConfig, split: str, kind: str, arg: str) -> tuple[_Sou
         raise VqgenError(f"hf:{arg}: the 'image' column holds {type(ds.features['image']).__name__}, not images; "
                          "cast it to datasets.Image()")
     label_column = next((c for c in ("label", "labels") if c in ds.column_names), None)
-    # Undecoded: a cheap cast that rewrites nothing, so vqgen.images sees every image's own bytes.
+    # Undecoded: a cheap cast that rewrites nothing, so vqgen.data.images sees every image's own bytes.
     raw = {n: d.cast_column("image", datasets.Image(decode=False))
            for n, d in loaded.items() if isinstance(d.features.get("image"), datasets.Image)}
     kept, skipped, channels = _survey(_hf_images(raw[stored], rows), _hf_others(raw, stored, rows), cfg, split,
