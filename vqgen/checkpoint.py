@@ -15,7 +15,7 @@ in a shared run folder runs code on `--resume`. It also skips an unreadable rand
 word, which silently ends an exact resume.
 
 `read` checks every file against the live objects before `apply` changes anything, so a bad checkpoint
-is rejected whole (`CheckpointError`) and the caller can fall back to an older one.
+is rejected whole (`CheckpointError`), and `resume` falls back to the one before it.
 """
 
 from __future__ import annotations
@@ -28,10 +28,15 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
+from vqgen.errors import VqgenError
+
+logger = get_logger(__name__)
 FORMAT = 1
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
 
@@ -83,6 +88,37 @@ def save(folder: Path, parts: Parts, process_index: int, num_processes: int) -> 
         _write(folder / OPTIMIZER, save_tensors(_cpu(tensors)))
         _write(folder / STATE, _json_bytes(_state_json(parts, num_processes), indent=1))  # to be read by people
     _write(folder / f"rng_{process_index}.json", _json_bytes(_rng_state()))
+
+
+def resume(accelerator: Accelerator, folders: list[Path], parts: Parts) -> Path:
+    """Apply the newest of `folders` (sorted oldest first) that reads whole, warning of each newer one
+    that does not, and return it; when none does, one line naming each problem."""
+    problems = []
+    for folder in reversed(folders):
+        loaded, problem = _read_on_every_process(accelerator, folder, parts)
+        if loaded is not None:
+            apply(loaded, parts)
+            logger.info("resumed from %s", folder)
+            return folder
+        logger.warning("%s cannot be resumed from (%s); trying the checkpoint before it", folder, problem)
+        problems.append(f"{folder.name}: {problem}")
+    raise VqgenError(
+        f"{folders[0].parent}: no checkpoint can be resumed from ({'; '.join(problems)}); move the "
+        "step_* folders out of it to train again from step 0, or choose a new --out"
+    )
+
+
+def _read_on_every_process(accelerator: Accelerator, folder: Path, parts: Parts) -> tuple[Loaded | None, str]:
+    """(the checkpoint read whole, "") or (None, what is wrong with it), the same on every process."""
+    try:
+        loaded, problem = read(folder, parts, accelerator.process_index), ""
+    except CheckpointError as err:
+        loaded, problem = None, str(err)
+    # Every process must resume from the same checkpoint, even where only one of them cannot read it.
+    failed = accelerator.reduce(torch.tensor([float(loaded is None)], device=accelerator.device), reduction="sum")
+    if failed.item() > 0 and loaded is not None:
+        return None, "another process could not read its part"
+    return loaded, problem
 
 
 def read(folder: Path, parts: Parts, process_index: int) -> Loaded:

@@ -405,37 +405,11 @@ def _save_checkpoint(run: _Run, step: int) -> None:
 
 
 def _restore(accelerator: Accelerator, out_dir: Path, parts: checkpoint.Parts) -> Path | None:
-    """Load the newest checkpoint that reads whole, saying which newer ones did not; return its folder."""
     found = _checkpoints(out_dir)
     if not found:
         logger.info("no checkpoint in %s; starting from step 0", out_dir)
         return None
-    problems = []
-    for folder in reversed(found):
-        loaded, problem = _read_checkpoint(accelerator, folder, parts)
-        if loaded is not None:
-            checkpoint.apply(loaded, parts)
-            logger.info("resumed from %s", folder)
-            return folder
-        logger.warning("%s cannot be resumed from (%s); trying the checkpoint before it", folder, problem)
-        problems.append(f"{folder.name}: {problem}")
-    raise VqgenError(
-        f"{out_dir / 'checkpoints'}: no checkpoint can be resumed from ({'; '.join(problems)}); move the "
-        "step_* folders out of it to train again from step 0, or choose a new --out"
-    )
-
-
-def _read_checkpoint(accelerator: Accelerator, folder: Path, parts: checkpoint.Parts):
-    """(the checkpoint read whole, None) or (None, what is wrong with it), the same on every process."""
-    try:
-        loaded, problem = checkpoint.read(folder, parts, accelerator.process_index), None
-    except checkpoint.CheckpointError as err:
-        loaded, problem = None, str(err)
-    # Every process must resume from the same checkpoint, even where only one of them cannot read it.
-    failed = accelerator.reduce(torch.tensor([float(loaded is None)], device=accelerator.device), reduction="sum")
-    if failed.item() > 0 and loaded is not None:
-        return None, "another process could not read its part"
-    return loaded, problem
+    return checkpoint.resume(accelerator, found, parts)
 
 
 def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator: Accelerator) -> None:
