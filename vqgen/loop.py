@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from vqgen import checkpoint
 from vqgen.config import check, setting
 from vqgen.errors import VqgenError
-from vqgen.runs import DISK_FULL, MetricsLog, atomic_path, read_json, write_json
+from vqgen.runs import DISK_FULL, MetricsLog, atomic_path, claim_output, read_json, write_json
 
 logger = get_logger(__name__)
 CHECKPOINT = re.compile(r"^step_(\d{8})$")
@@ -413,6 +413,7 @@ def _restore(accelerator: Accelerator, out_dir: Path, parts: checkpoint.Parts) -
 
 
 def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator: Accelerator) -> None:
+    claim_output(out_dir, "run")  # a new, empty or run folder only; locked until this process exits
     saved_path = out_dir / "run_config.json"
     if saved_path.exists() and resume:
         saved = read_json(saved_path, "run config")
