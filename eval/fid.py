@@ -46,17 +46,13 @@ from eval.samples import (
 from vqgen.config import apply
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
+from vqgen.pixels import to_uint8
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 50  # pytorch-fid's default
 KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # Binkowski et al. (2018), as torchmetrics and torch-fidelity
 KID_MIN_IMAGES = 4  # the unbiased estimator needs two images per subset on each side
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) float in [-1, 1] -> uint8 in [0, 255], as a PNG writer would store them."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def data_batches(

@@ -17,12 +17,13 @@ from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchvision.utils import save_image
 
-from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of, to_uint8
+from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of
 from eval.inception import InceptionFeatures, extract_features
 from stage1_vqvae.load import load_tokenizer, tokenizer_folder
 from stage1_vqvae.model import VQVAE
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
+from vqgen.pixels import to_uint8
 from vqgen.runs import (
     REPLACED_WHOLE,
     atomic_path,
@@ -63,8 +64,8 @@ def _image_pairs(tokenizer: VQVAE, data: DataConfig, split: str, n: int):
     originals, recons = [], []
     for batch in DataLoader(subset, batch_size=BATCH_SIZE):
         images = batch["image"].to(tokenizer.device)
-        originals.append(to_uint8(images.cpu()))
-        recons.append(to_uint8(tokenizer.decode_codes(tokenizer.encode(images)).cpu()))
+        originals.append(to_uint8(images))
+        recons.append(to_uint8(tokenizer.decode_codes(tokenizer.encode(images))))
     return originals, recons
 
 

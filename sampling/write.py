@@ -19,6 +19,7 @@ from torch import Tensor
 from torchvision.io import decode_png, encode_png
 from torchvision.utils import make_grid
 
+from vqgen.pixels import to_uint8
 from vqgen.runs import atomic_path
 
 GRID_MAX = 100  # images shown in grid.png
@@ -26,11 +27,6 @@ GRID_MAX = 100  # images shown in grid.png
 
 def image_name(index: int, label: int) -> str:
     return f"{index:06d}_c{'u' if label < 0 else label}.png"
-
-
-def to_uint8(images: Tensor) -> Tensor:
-    """images (B, C, H, W) float in [-1, 1] -> uint8 (B, C, H, W) in [0, 255] on the CPU."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
 
 def write_png(path: Path, image: Tensor) -> None:

@@ -7,9 +7,9 @@ from PIL import Image
 
 from eval.classifier import Classifier, ClassifierConfig
 from eval.classifier_fid import classifier_fid
-from eval.fid import to_uint8
 from vqgen.data import DataConfig, load_images
 from vqgen.errors import VqgenError
+from vqgen.pixels import to_uint8
 
 
 def write_pngs(folder, images: torch.Tensor) -> None:
