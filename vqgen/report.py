@@ -12,14 +12,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from eval.report import protocol_lines  # noqa: E402
-from vqgen.runs import MetricsLog, atomic_path, write_json  # noqa: E402
+from eval.report import protocol_lines
+from vqgen.runs import MetricsLog, atomic_path, write_json
 
 PACKAGES = ("vqgen", "torch", "torchvision", "transformers", "accelerate", "datasets", "torchmetrics")
 CURVES = [("tokenizer", "train/loss", "tokenizer train loss"), ("tokenizer", "val/usage", "tokenizer val usage %"),
@@ -71,7 +69,11 @@ def machine() -> dict[str, Any]:
 
 def plot_curves(run: Path, path: Path) -> None:
     """Tokenizer loss and usage, prior val NLL, against steps."""
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3))
+    # A figure on its own Agg canvas, not pyplot: files only, never a window, and no global backend
+    # switched for whoever imported vqgen.
+    fig = Figure(figsize=(4 * len(CURVES), 3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(CURVES))
     for ax, (stage, key, title) in zip(axes, CURVES):
         points = [(r["step"], r[key]) for r in MetricsLog(run / stage / "metrics.jsonl").read() if key in r]
         if points:
@@ -82,7 +84,6 @@ def plot_curves(run: Path, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def _fmt(value: Any) -> str:
