@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from vqgen.errors import VqgenError
+from vqgen.markdown import table
 from vqgen.runs import OutputLock, atomic_path, write_json
 
 REPORT_KEYS = ("fid", "network", "weights_sha", "reference")  # what every `vqgen fid` report holds
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def _class_balance(counts: list[int] | None) -> str:
@@ -52,11 +49,11 @@ def protocol_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def score_lines(metrics: dict[str, Any]) -> list[str]:
-    """Scores first (numbers and 'unavailable' lines), protocol fields left out."""
+def score_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The scores (numbers and 'unavailable' lines), protocol fields left out."""
     skip = {"network", "weights_source", "weights_path", "weights_sha", "resize", "samples", "reference",
             "reference_meta", "n_samples"}
-    return [f"| {key} | {_fmt(value)} |" for key, value in metrics.items() if key not in skip]
+    return [(key, value) for key, value in metrics.items() if key not in skip]
 
 
 def report_paths(out: str | Path) -> tuple[Path, Path]:
@@ -74,7 +71,7 @@ def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen e
     classifier and tokenizer metrics. A failed write (a full disk, a path taken meanwhile) is one line."""
     json_path, md_path = report_paths(out)
     text = "\n".join([
-        f"# {title}", "", "| metric | value |", "|---|---|", *score_lines(metrics), "",
+        f"# {title}", "", *table(score_rows(metrics), float_format=".4f"),
         "## Protocol", "", *protocol_lines(metrics), "",
         "Inception numbers (FID, KID, IS) and classifier numbers (\"classifier FID (<data> CNN)\") come from "
         "different networks and are never comparable with each other.", "",

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eval.report import protocol_lines
+from vqgen.markdown import cell, table
 from vqgen.runs import MetricsLog, atomic_path, write_json
 
 PACKAGES = ("vqgen", "torch", "torchvision", "transformers", "accelerate", "datasets", "torchmetrics")
@@ -86,16 +87,6 @@ def plot_curves(run: Path, path: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "—" if value is None else str(value)
-
-
-def _table(rows: list[tuple[str, Any]]) -> list[str]:
-    return ["| metric | value |", "|---|---|", *(f"| {name} | {_fmt(value)} |" for name, value in rows), ""]
-
-
 def _classifier_protocol(clf: dict[str, Any]) -> list[tuple[str, Any]]:
     """Classifier numbers are comparable only with the same classifier file, N and reference split."""
     sha = clf.get("classifier_sha256")
@@ -108,26 +99,25 @@ def _classifier_protocol(clf: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, Any]]) -> str:
     fid = records.get("fid", {})
-    is_line = fid.get("is") if isinstance(fid.get("is"), str) else f"{_fmt(fid.get('is_mean'))} ± {_fmt(fid.get('is_std'))}"
+    is_line = fid.get("is") if isinstance(fid.get("is"), str) else f"{cell(fid.get('is_mean'))} ± {cell(fid.get('is_std'))}"
     lines = [f"# vqgen run: {out.name}", "", "![samples](samples/grid.png)", "",
              "## Samples, Inception network", "",
-             *_table([("FID", summary["inception_fid"]), ("KID (mean)", summary["inception_kid_mean"]),
-                      ("KID (std)", summary["inception_kid_std"]), ("IS", is_line),
-                      ("samples scored", summary["inception_n_samples"])]),
+             *table([("FID", summary["inception_fid"]), ("KID (mean)", summary["inception_kid_mean"]),
+                     ("KID (std)", summary["inception_kid_std"]), ("IS", is_line),
+                     ("samples scored", summary["inception_n_samples"])]),
              *protocol_lines(fid), ""]
     classifier = [(k, v) for k, v in summary.items() if k.startswith("classifier ")]
     if classifier:
         lines += ["## Samples, small-data classifier (not comparable with Inception numbers)", "",
-                  *_table(classifier + _classifier_protocol(records["classifier"]))]
+                  *table(classifier + _classifier_protocol(records["classifier"]))]
     lines += ["## Tokenizer", "", "![reconstructions](reconstructions.png)", "",
-              *_table([("rFID (Inception)", summary["rfid"]), ("rFID images", summary["rfid_n"]),
-                       ("PSNR (dB)", summary["tokenizer_psnr"]), ("SSIM", summary["tokenizer_ssim"]),
-                       ("codebook usage %", summary["tokenizer_usage_pct"])]),
+              *table([("rFID (Inception)", summary["rfid"]), ("rFID images", summary["rfid_n"]),
+                      ("PSNR (dB)", summary["tokenizer_psnr"]), ("SSIM", summary["tokenizer_ssim"]),
+                      ("codebook usage %", summary["tokenizer_usage_pct"])]),
               "## Prior", "",
-              *_table([("val bits/token", summary["prior_bits_per_token"]),
-                       ("unigram baseline bits/token", summary["unigram_bits_per_token"]),
-                       ("next-code accuracy", summary["prior_accuracy"])]),
+              *table([("val bits/token", summary["prior_bits_per_token"]),
+                      ("unigram baseline bits/token", summary["unigram_bits_per_token"]),
+                      ("next-code accuracy", summary["prior_accuracy"])]),
               "![curves](curves.png)", "", "## Time", "",
-              "| stage | seconds |", "|---|---|",
-              *(f"| {name} | {_fmt(seconds)} |" for name, seconds in summary["stage_seconds"].items()), ""]
+              *table(summary["stage_seconds"].items(), header=("stage", "seconds"))]
     return "\n".join(lines)

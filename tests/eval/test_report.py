@@ -132,3 +132,13 @@ def test_a_second_writer_of_the_same_report_is_refused_before_any_work(tmp_path,
                "--out", str(tmp_path / "fid.json")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and f"another vqgen process (pid {pid}) is writing it" in err
+
+
+def test_score_table_lists_scores_in_order_with_four_decimals(tmp_path):
+    metrics = {**FID_RESULT, "kid_mean": 0.000123456, "is": "IS: unavailable", "n_samples": 10,
+               "classifier FID (fashion-mnist CNN)": 3.25, "classifier_n_samples": 10}
+    lines = write_report(tmp_path, metrics, title="t").read_text().splitlines()
+    assert lines[:9] == ["# t", "", "| metric | value |", "|---|---|", "| fid | 3.0000 |", "| kid_mean | 0.0001 |",
+                         "| is | IS: unavailable |", "| classifier FID (fashion-mnist CNN) | 3.2500 |",
+                         "| classifier_n_samples | 10 |"]
+    assert lines[9:12] == ["", "## Protocol", ""]
