@@ -86,7 +86,7 @@ def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen e
 def check_report_out(out: str | Path) -> None:
     """Refuse, before any work, a `write_report` destination that cannot be written or holds files
     that are not an earlier `vqgen fid` report (recognised by the keys of its JSON)."""
-    if Path(out).suffix == ".md":
+    if Path(out).suffix == ".md" or (Path(out).suffix != ".json" and Path(out).is_file()):
         raise VqgenError(f"{out}: pass --out NAME.json (NAME.md is written beside it) or a folder")
     json_path, md_path = report_paths(out)
     check_output_file(json_path, lambda p: json_has_keys(p, REPORT_KEYS), "a `vqgen fid` report")
@@ -139,7 +139,8 @@ def _check_folder(path: Path) -> None:
     read-only file system or a name too long."""
     folder = next(p for p in path.absolute().parents if p.exists())
     if not folder.is_dir():
-        raise VqgenError(f"{folder}: is a file, so {path.parent} cannot be made; pass another --out")
+        made = "" if folder == path.absolute().parent else f", so {path.parent} cannot be made"
+        raise VqgenError(f"{folder}: is a file, not a folder{made}; pass another --out")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise VqgenError(f"{folder}: this folder is not writable; pass another --out")
     if folder == path.absolute().parent:

@@ -177,7 +177,7 @@ def test_fid_ref_refuses_a_split_of_one_image(tmp_path, pngs, no_weights):
     ("foreign npz", r"ref.npz: exists and is not reference statistics from `vqgen fid-ref`"),
     ("foreign sidecar", r"ref.json: exists and is not the sidecar of reference statistics"),
     ("folder", r"ref.npz: is a folder, and reference statistics from `vqgen fid-ref` is a file"),
-    ("parent is a file", r"is a file, so .*cannot be made"),
+    ("parent is a file", r"file: is a file, not a folder, so .*sub cannot be made"),
     ("read-only", r"ref.npz: is read-only; make it writable"),
     ("not .npz", r"ref.txt: reference statistics are an .npz file"),
 ])

@@ -45,9 +45,10 @@ FID_RESULT = {"fid": 3.0, "network": "TF Inception 2015-12-05 pool3 (2048-d)", "
     ("pipeline run", r"metrics.json: exists and is not a `vqgen fid` report"),
     ("markdown alone", r"fid.md: exists and is not the Markdown of a `vqgen fid` report"),
     ("folder", r"fid.json: is a folder, and a `vqgen fid` report is a file"),
-    ("parent is a file", r"is a file, so .* cannot be made"),
+    ("parent is a file", r"file: is a file, not a folder; pass another --out"),
     ("read-only", r"fid.json: is read-only"),
     ("markdown name", r"fid.md: pass --out NAME.json \(NAME.md is written beside it\) or a folder"),
+    ("a file not .json", r"ref.npz: pass --out NAME.json \(NAME.md is written beside it\) or a folder"),
 ])
 def test_report_destination_is_checked(tmp_path, setup, message):
     out = tmp_path / "fid.json"
@@ -69,6 +70,9 @@ def test_report_destination_is_checked(tmp_path, setup, message):
         out.chmod(0o444)
     elif setup == "markdown name":
         out = out.with_suffix(".md")
+    elif setup == "a file not .json":
+        out = tmp_path / "ref.npz"
+        out.write_bytes(b"x")
     with pytest.raises(VqgenError, match=message):
         check_report_out(out)
 
