@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from vqgen import checkpoint
 from vqgen.config import check, setting
 from vqgen.errors import VqgenError
-from vqgen.runs import DISK_FULL, MetricsLog, atomic_path, claim_output, read_json, write_json
+from vqgen.runs import MetricsLog, atomic_path, claim_output, disk_full_errno, read_json, write_json
 
 logger = get_logger(__name__)
 CHECKPOINT = re.compile(r"^step_(\d{8})$")
@@ -44,9 +44,9 @@ class TrainConfig:
     steps: int = setting(2000, "optimizer steps", ge=1)
     batch_size: int = setting(64, "global batch, over all processes and accumulation steps", ge=1)
     grad_accum: int = setting(1, "micro-batches per optimizer step", ge=1)
-    lr: float = setting(3e-4, "peak learning rate", gt=0)
+    lr: float = setting(3e-4, "peak learning rate", gt=0, le=10)  # 1e39 overflows float32 inside AdamW
     min_lr_ratio: float = setting(0.1, "cosine decays to lr * min_lr_ratio", ge=0, le=1)
-    warmup_steps: int = setting(100, "linear warmup steps", ge=0)
+    warmup_steps: int = setting(100, "linear warmup steps", ge=0, le=10**9)
     weight_decay: float = setting(0.0, "applied to matrices only (params with ndim >= 2)", ge=0)
     betas: tuple[float, float] = setting((0.9, 0.95), "AdamW betas", length=2, ge=0, lt=1)
     grad_clip: float = setting(1.0, "max gradient norm; 0 turns clipping off", ge=0)
@@ -211,26 +211,26 @@ def _train(run: _Run, optimizer, scheduler, state: TrainState, batches: Iterator
     log = MetricsLog(run.out_dir / "metrics.jsonl")
     if accelerator.is_main_process:
         log.truncate_after(state.step)
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_main_process, dynamic_ncols=True)
-    started = time.time()
-    run.model.train()
-    while state.step < cfg.steps:
-        metrics = _optimizer_step(run, optimizer, batches)
-        scheduler.step()
-        state.step += 1
-        if run.ema is not None:
-            run.ema.update(accelerator.unwrap_model(run.model))
-        bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            record = _reduce(metrics, accelerator) | {"lr": scheduler.get_last_lr()[0]}
-            bar.set_postfix({k.removeprefix("train/"): f"{v:.4g}" for k, v in record.items() if k != "lr"})
-            if accelerator.is_main_process:
-                log.append({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
-        if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
-            _evaluate(run, state.step, log)
-        if state.step % cfg.save_every == 0 or state.step == cfg.steps:
-            _save_checkpoint(run, state.step)
-    bar.close()
+    # A context: an error closes the bar before the CLI prints it, on a line of its own.
+    with tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_main_process, dynamic_ncols=True) as bar:
+        started = time.time()
+        run.model.train()
+        while state.step < cfg.steps:
+            metrics = _optimizer_step(run, optimizer, batches)
+            scheduler.step()
+            state.step += 1
+            if run.ema is not None:
+                run.ema.update(accelerator.unwrap_model(run.model))
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                record = _reduce(metrics, accelerator) | {"lr": scheduler.get_last_lr()[0]}
+                bar.set_postfix({k.removeprefix("train/"): f"{v:.4g}" for k, v in record.items() if k != "lr"})
+                if accelerator.is_main_process:
+                    log.append({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
+            if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
+                _evaluate(run, state.step, log)
+            if state.step % cfg.save_every == 0 or state.step == cfg.steps:
+                _save_checkpoint(run, state.step)
 
 
 def _optimizer_step(run: _Run, optimizer, batches: Iterator[dict]) -> dict[str, torch.Tensor]:
@@ -281,9 +281,6 @@ def _resume_note(last: Path | None, fix: str) -> str:
             "(--resume is not needed)")
 
 
-RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # safetensors' writer reports errno in its message only
-
-
 @contextmanager
 def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | None]) -> Iterator[None]:
     """A write that failed for lack of room (checkpoint, metrics, model): one line naming the file, if
@@ -291,17 +288,12 @@ def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | N
     try:
         yield
     except Exception as err:
-        code = err.errno if isinstance(err, OSError) else _rust_errno(err)
-        if code not in DISK_FULL:
+        code = disk_full_errno(err)
+        if code is None:
             raise
         path = getattr(err, "filename", None) or out_dir
         note = _resume_note(last_checkpoint(), "free some disk space (or raise your quota or `ulimit -f`)")
         raise VqgenError(f"{path}: could not write ({os.strerror(code)}); {note}") from None
-
-
-def _rust_errno(err: Exception) -> int | None:
-    found = RUST_OS_ERROR.search(str(err))
-    return int(found.group(1)) if found else None
 
 
 def _check_weights(run: _Run) -> None:

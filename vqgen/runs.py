@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate.utils import broadcast_object_list
+from safetensors import SafetensorError
 
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
@@ -236,21 +237,29 @@ def disk_full_is_user_error(path: str | Path, intact: str) -> Iterator[None]:
     try:
         yield
     except Exception as err:
-        code = _disk_full_errno(err)
+        code = disk_full_errno(err)
         if code is None:
             raise
         raise VqgenError(f"{path}: could not write ({os.strerror(code)}); {intact}") from None
 
 
-def _disk_full_errno(err: BaseException | None) -> int | None:
-    """The disk-full errno anywhere in an exception chain; pyarrow puts it only in the message."""
+def disk_full_errno(err: BaseException | None) -> int | None:
+    """The disk-full errno anywhere in an exception chain; pyarrow and safetensors put it only in the message."""
     while err is not None:
-        if isinstance(err, OSError):
-            found = re.search(r"errno (\d+)", str(err), re.IGNORECASE)
-            code = err.errno or (int(found.group(1)) if found else None)
-            if code in DISK_FULL:
-                return code
+        code = _errno(err)
+        if code in DISK_FULL:
+            return code
         err = err.__cause__ or err.__context__
+    return None
+
+
+def _errno(err: BaseException) -> int | None:
+    if isinstance(err, OSError):
+        found = re.search(r"errno (\d+)", str(err), re.IGNORECASE)
+        return err.errno or (int(found.group(1)) if found else None)
+    if isinstance(err, SafetensorError):  # its Rust writer's io::Error, as text: "... (os error 28)"
+        found = re.search(r"\(os error (\d+)\)", str(err))
+        return int(found.group(1)) if found else None
     return None
 
 

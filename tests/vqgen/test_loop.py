@@ -176,6 +176,29 @@ def test_warmup_then_cosine_to_floor():
     assert f(100) == pytest.approx(0.1) and f(10) > f(50) > f(99)
 
 
+# Worked by hand: warmup (step + 1) / warmup_steps, so the first step already trains; then
+# min + (1 - min) * (1 + cos(pi * progress)) / 2, progress = (step - warmup) / (steps - warmup), held at the floor.
+SCHEDULES = {
+    "warmup 10 of 100, floor 0.1": ((100, 10, 0.1), {0: 0.1, 4: 0.5, 9: 1.0, 10: 1.0, 55: 0.55, 100: 0.1, 150: 0.1}),
+    "no warmup, floor 0": ((20, 0, 0.0), {0: 1.0, 5: (1 + math.sqrt(0.5)) / 2, 10: 0.5, 20: 0.0, 25: 0.0}),
+    "warmup past the end": ((5, 8, 0.5), {0: 0.125, 4: 0.625, 7: 1.0, 8: 1.0, 9: 0.5}),
+}
+
+
+@pytest.mark.parametrize("settings,expected", SCHEDULES.values(), ids=SCHEDULES.keys())
+def test_schedule_multipliers_are_pinned(settings, expected):
+    steps, warmup_steps, min_lr_ratio = settings
+    f = warmup_cosine(TrainConfig(steps=steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio))
+    assert {step: f(step) for step in expected} == pytest.approx(expected, abs=1e-12, rel=0)
+
+
+def test_a_learning_rate_too_large_for_adamw_is_one_line(tmp_path):
+    """1e39 overflows float32 inside AdamW's update: refused by the range check before any work."""
+    with pytest.raises(VqgenError, match=r"^train\.lr must be in \(0, 10\], got 1e\+39") as refused:
+        fit(TinyTask(), dataclasses.replace(CFG, lr=1e39), tmp_path / "run")
+    assert "\n" not in str(refused.value) and not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one(tmp_path, cpu_launch):

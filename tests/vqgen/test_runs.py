@@ -216,6 +216,29 @@ def test_a_full_disk_is_one_line_naming_the_path(tmp_path):
         raise PermissionError(13, "denied")
 
 
+SAVE_SAFETENSORS_UNDER_ULIMIT = """
+import resource, sys, torch
+from safetensors.torch import save_file
+from vqgen.errors import VqgenError
+from vqgen.runs import disk_full_is_user_error
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))  # Python ignores SIGXFSZ: a longer write fails, EFBIG
+try:
+    with disk_full_is_user_error(sys.argv[1], "nothing was lost"):
+        save_file({"w": torch.zeros(4096)}, sys.argv[1])
+except VqgenError as err:
+    print(err)
+"""
+
+
+def test_a_full_disk_in_safetensors_writer_is_one_line(tmp_path):
+    """safetensors writes through Rust: its SafetensorError is no OSError and has the errno in its text only."""
+    out = tmp_path / "w.safetensors"
+    done = subprocess.run([sys.executable, "-c", SAVE_SAFETENSORS_UNDER_ULIMIT, str(out)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stdout == f"{out}: could not write (File too large); nothing was lost\n"
+
+
 def test_training_refuses_a_folder_it_did_not_write(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from tiny_task import TinyTask
