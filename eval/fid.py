@@ -2,9 +2,9 @@
 
 A reference (eval/reference.py) is an `.npz` of `mu`/`sigma` (and `features` for KID) with a JSON
 sidecar recording the protocol, or a data spec scored on the spot. A third-party `.npz` gives FID
-from its `mu`/`sigma`, and KID is reported unavailable. The Frechet distance and the KID estimator
-are torchmetrics' own (`FrechetInceptionDistance`, `KernelInceptionDistance`), fed features that
-Inception computed once.
+from its `mu`/`sigma`, and KID is reported unavailable. The Frechet distance is the closed form on
+mu/sigma; KID and IS are torchmetrics' (`KernelInceptionDistance`, `InceptionScore`), fed features
+that Inception computed once.
 
 Everything a user can get wrong is checked before Inception runs: the samples in one cheap pass
 (eval/samples.py), the reference file's arrays, the protocol it was made with and the image format
@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -36,7 +35,6 @@ from eval.inception import (
 )
 from eval.reference import RefStats, claim_ref_out, load_ref, save_ref
 from eval.samples import (
-    MIN_IMAGES,
     ImageFormat,
     SampleFolder,
     check_available,
@@ -130,17 +128,15 @@ class _Precomputed(nn.Module):
 
 
 def frechet_distance(ref: RefStats, features: torch.Tensor) -> float:
-    """FID of features (N, F) against reference mu/sigma (torchmetrics' eigenvalue form)."""
-    # torchmetrics keeps running sums; these sums give back mu and sigma for any n_ref >= 2, so the
-    # sidecar's N (which a hand-edited or third-party file may get wrong) is not needed.
-    n_ref = MIN_IMAGES
-    metric = FrechetInceptionDistance(feature=_Precomputed(features.shape[1]))
-    mu = torch.from_numpy(ref.mu)
-    metric.real_features_sum = mu * n_ref
-    metric.real_features_cov_sum = torch.from_numpy(ref.sigma) * (n_ref - 1) + n_ref * torch.outer(mu, mu)
-    metric.real_features_num_samples = torch.tensor(n_ref)
-    metric.update(features.double(), real=False)
-    return float(metric.compute())
+    """FID of features (N, F) against reference mu/sigma: |mu_r - mu|^2 + tr(S_r + S - 2 (S_r S)^1/2),
+    the trace of the root taken as the sum of the roots of the eigenvalues of S_r S (torchmetrics'
+    eigenvalue form, finite where scipy's sqrtm of a singular product is not)."""
+    # Written out: torchmetrics keeps this closed form private behind a metric that wants both
+    # sides' raw features, and a reference (pytorch-fid's, ADM's) may hold only mu and sigma.
+    fake = stats_of(features, {})
+    mu_r, sigma_r, mu, sigma = (torch.from_numpy(x) for x in (ref.mu, ref.sigma, fake.mu, fake.sigma))
+    root_trace = torch.linalg.eigvals(sigma_r @ sigma).sqrt().real.sum()
+    return float((mu_r - mu).square().sum() + sigma_r.trace() + sigma.trace() - 2 * root_trace)
 
 
 def kernel_distance(ref_features: torch.Tensor, features: torch.Tensor, seed: int = 0,

@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 from PIL import Image
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from eval.fid import (
     RefStats,
@@ -32,6 +33,17 @@ def scipy_frechet(mu1, s1, mu2, s2):
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
+class Identity(torch.nn.Module):
+    """Features in, features out: the `feature` network torchmetrics' FID metric wants."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
 def random_features(n=400, d=32, seed=0, shift=0.0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64) + shift
@@ -49,6 +61,15 @@ def test_fid_matches_scipy(shift):
     bb = b.numpy()
     expected = scipy_frechet(ref.mu, ref.sigma, bb.mean(0), np.cov(bb, rowvar=False))
     assert frechet_distance(ref, b) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("n, d", [(400, 32), (20, 64)])  # full-rank and singular covariances
+def test_fid_equals_torchmetrics_fed_both_feature_sets(n, d):
+    real, fake = random_features(n, d, seed=5), random_features(n + 7, d, seed=6, shift=0.3)
+    metric = FrechetInceptionDistance(feature=Identity(d))
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    assert frechet_distance(stats_of(real, {}), fake) == pytest.approx(float(metric.compute()), rel=1e-7)
 
 
 def test_fid_grows_with_noise():
