@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
+from PIL import Image
 from safetensors.torch import load_file
 
 from stage1_vqvae.load import load_tokenizer, training_data
@@ -16,6 +19,9 @@ from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask, train_tokenize
 from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from killing import KillAtCall, Killed  # noqa: E402
 
 TRAIN = TrainConfig(steps=6, batch_size=16, lr=1e-3, warmup_steps=2, eval_every=3, save_every=2, log_every=1)
 
@@ -31,20 +37,8 @@ def records(run: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
 
 
-class Killed(Exception):
-    """Stands for a SIGKILL in the middle of a run."""
-
-
-class KilledTask(TokenizerTask):
-    def __init__(self, cfg: TokenizerRunConfig, kill_at_call: int):
-        super().__init__(cfg)
-        self.calls, self.kill_at_call = 0, kill_at_call
-
-    def training_step(self, model, batch):
-        self.calls += 1
-        if self.calls == self.kill_at_call:
-            raise Killed
-        return super().training_step(model, batch)
+class KilledTask(KillAtCall, TokenizerTask):
+    pass
 
 
 def test_training_writes_model_metrics_and_previews(tmp_path, fmnist_available):
@@ -113,3 +107,27 @@ def test_bad_settings_are_one_line_user_errors(tmp_path, fmnist_available, chang
     with pytest.raises(VqgenError, match=message) as err:
         TokenizerTask(config(**changes))
     assert "\n" not in str(err.value)
+
+
+def as_saved(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) in [-1, 1] -> (N, H, W) uint8, the levels torchvision's save_image stores."""
+    return (images[:, 0] * 0.5 + 0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("val_images, rows", [(64, 4), (12, 1), (5, 1)])  # 32 shown; 12 -> 8; fewer than 8: all
+def test_preview_rows_of_originals_each_followed_by_their_reconstructions(tmp_path, fmnist_available, val_images,
+                                                                          rows):
+    task = TokenizerTask(config(data=DataConfig(image_size=16, max_images=val_images)))
+    model = task.model.eval()
+    task.after_evaluate(model, 3, tmp_path, Accelerator(cpu=True))
+    grid = np.asarray(Image.open(tmp_path / "recon_step_3.png"))[..., 0]
+    cols = min(8, val_images)
+    images = torch.stack([task.val_set[i]["image"] for i in range(rows * cols)])
+    with torch.no_grad():
+        originals, recons = as_saved(images), as_saved(model(images).reconstruction)
+    assert grid.shape == (2 * rows * 17 + 1, cols * 17 + 1)  # 16 px tiles, 1 px padding
+    tile = lambda row, col: grid[1 + 17 * row : 17 * (row + 1), 1 + 17 * col : 17 * (col + 1)]  # noqa: E731
+    for i in range(rows * cols):
+        row, col = divmod(i, cols)
+        assert np.array_equal(tile(2 * row, col), originals[i])
+        assert np.array_equal(tile(2 * row + 1, col), recons[i])

@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from codes_folder import K, N, shifted_grids, write_codes  # noqa: E402
 from test_gpt import PLAIN_LOADER  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from killing import KillAtCall, Killed  # noqa: E402
+
 MODELS = {
     "gpt": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
     "pixelcnn": {"hidden_size": 32, "num_layers": 4, "kernel_size": 3, "head_size": 32},
@@ -73,20 +76,8 @@ def test_count_codes_streams_the_unigram(codes):
     assert stats.max_label == labels.max()
 
 
-class Killed(Exception):
+class KilledTask(KillAtCall, PriorTask):
     pass
-
-
-class KilledTask(PriorTask):
-    def __init__(self, cfg, kill_at: int):
-        super().__init__(cfg)
-        self.calls, self.kill_at = 0, kill_at
-
-    def training_step(self, model, batch):
-        self.calls += 1
-        if self.calls == self.kill_at:
-            raise Killed
-        return super().training_step(model, batch)
 
 
 def test_resume_is_bit_exact_with_label_dropout(tmp_path, codes, monkeypatch):
@@ -94,7 +85,7 @@ def test_resume_is_bit_exact_with_label_dropout(tmp_path, codes, monkeypatch):
 
     cfg = dataclasses.replace(config(codes, steps=8, eval_every=4, save_every=4), label_dropout=0.5)
     whole = train_prior(cfg, tmp_path / "whole")
-    monkeypatch.setattr(train_module, "PriorTask", lambda c: KilledTask(c, kill_at=7))
+    monkeypatch.setattr(train_module, "PriorTask", lambda c: KilledTask(c, kill_at_call=7))
     with pytest.raises(Killed):
         train_prior(cfg, tmp_path / "split")
     monkeypatch.undo()

@@ -20,9 +20,11 @@ from vqgen.errors import VqgenError
 from vqgen.loop import TrainState, fit
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from killing import Killed  # noqa: E402
 from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
 from run_tiny_fit import ScriptTask  # noqa: E402
-from tiny_task import CFG, Killed, TinyTask, saved_weights  # noqa: E402
+from tiny_task import CFG, TinyTask, saved_weights  # noqa: E402
 
 MARKER = "PAYLOAD_RAN"
 
@@ -45,7 +47,7 @@ def uninterrupted(tmp_path_factory) -> dict[str, torch.Tensor]:
 def _stopped_run(out: Path) -> Path:
     """A run killed in step 10, with checkpoints at steps 4 and 8; returns the newest checkpoint."""
     with pytest.raises(Killed):
-        fit(TinyTask(kill_at_step=10), CFG, out)
+        fit(TinyTask(kill_at_call=10), CFG, out)
     return out / "checkpoints" / "step_00000008"
 
 

@@ -14,9 +14,11 @@ from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit, param_groups, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from killing import Killed  # noqa: E402
 from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
 from run_tiny_fit import ScriptTask  # noqa: E402
-from tiny_task import CFG, Killed, TinyModel, TinyTask  # noqa: E402
+from tiny_task import CFG, TinyModel, TinyTask  # noqa: E402
 from tiny_task import saved_weights as _weights  # noqa: E402
 
 
@@ -48,7 +50,7 @@ def test_resume_is_exact(tmp_path, grad_accum, ema, n):
     whole = fit(TinyTask(n=n), cfg, tmp_path / "whole")
     # Killed in the middle of step 10 (micro-batch calls count grad_accum per step); the last checkpoint is 8.
     with pytest.raises(Killed):
-        fit(TinyTask(n=n, kill_at_step=10 * grad_accum), cfg, tmp_path / "split")
+        fit(TinyTask(n=n, kill_at_call=10 * grad_accum), cfg, tmp_path / "split")
     resumed = fit(TinyTask(n=n), cfg, tmp_path / "split", resume=True)
     for name, tensor in _weights(whole).items():
         assert torch.equal(tensor, _weights(resumed)[name]), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +11,9 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from vqgen.loop import TrainConfig
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from killing import KillAtCall  # noqa: E402
 
 # Checkpoints at steps 4, 8 and 12.
 CFG = TrainConfig(steps=12, batch_size=16, lr=1e-2, warmup_steps=3, eval_every=4, save_every=4, log_every=1)
@@ -53,24 +57,19 @@ class Points(Dataset):
         return {"x": self.x[i], "y": self.y[i]}
 
 
-class Killed(Exception):
-    """Stands for a SIGKILL in the middle of a run."""
+class Regression:
+    """The task proper; `calls`, counted by KillAtCall, says when to inject a NaN loss or an infinite gradient."""
 
+    calls: int
 
-class TinyTask:
-    def __init__(self, n: int = 96, nan_at_step: int = -1, kill_at_step: int = -1, inf_grad_at_step: int = -1,
-                 dim: int = 4):
+    def __init__(self, n: int = 96, nan_at_step: int = -1, inf_grad_at_step: int = -1, dim: int = 4):
         torch.manual_seed(0)
         self.model = TinyModel(TinyConfig(dim))
         self.train_set, self.val_set = Points(n, dim), Points(32, dim, seed=1)
         self.run_config = {"model": {"dim": dim}}
-        self.calls, self.nan_at_step, self.kill_at_step = 0, nan_at_step, kill_at_step
-        self.inf_grad_at_step = inf_grad_at_step
+        self.nan_at_step, self.inf_grad_at_step = nan_at_step, inf_grad_at_step
 
     def training_step(self, model, batch):
-        self.calls += 1
-        if self.calls == self.kill_at_step:
-            raise Killed
         loss = torch.nn.functional.mse_loss(model(batch["x"]), batch["y"])
         if self.calls == self.nan_at_step:
             loss = loss * float("nan")
@@ -89,3 +88,7 @@ class TinyTask:
 
     def save_extras(self, model_dir: Path) -> None:
         (model_dir / "extra.json").write_text("{}")
+
+
+class TinyTask(KillAtCall, Regression):
+    """`TinyTask(kill_at_call=k)` stops like a SIGKILL in its k-th training_step."""
