@@ -28,7 +28,7 @@ from einops import rearrange
 
 from stage2_prior.gpt import build_gpt, count_parameters
 from stage2_prior.pixelcnn import build_pixelcnn
-from stage2_prior.train import code_logits
+from stage2_prior.registry import prior_kind
 from stage2_prior.vocab import PriorVocab
 from vqgen.runs import write_json
 
@@ -54,7 +54,7 @@ def train_step(model, optimizer, arch: str, codes: torch.Tensor, index: torch.Te
     start = time.perf_counter()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with autocast:
-        logits = code_logits(model, arch, PriorVocab(K, N), codes, index)
+        logits = prior_kind(arch).objective.logits(model, PriorVocab(K, N), codes, index)
     loss = F.cross_entropy(rearrange(logits.float(), "b t k -> (b t) k"), codes.flatten())
     loss.backward()
     optimizer.step()

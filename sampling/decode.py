@@ -21,6 +21,7 @@ from sampling.write import GRID_MAX, finished, join_codes, write_grid, write_ima
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.model import VQVAE
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
+from stage2_prior.registry import prior_kind
 from vqgen.distributed import process_state
 from vqgen.errors import VqgenError
 from vqgen.runs import claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "sample_config.json"
 # Settings that do not change what is sampled; a resumed run may change them.
-FREE_SETTINGS = ("batch_size", "kv_cache")
+FREE_SETTINGS = ("batch_size", "kv_cache")  # kv_cache: every cache gives the same tokens (tested)
 # Every file is written whole or not at all (sampling.write), so what is there can be trusted.
 DISK_FULL_INTACT = "the samples finished before are kept whole: free some space and run the same command to continue"
 
@@ -89,6 +90,7 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     if cfg.per_class > 0:
         settings["n"] = None  # ignored: the count is per_class x classes
     check_config(cfg, prior.meta.num_classes, source=str(prior_folder(prior_dir)))
+    prior_kind(prior.meta.arch).sampler.check(cfg, grid_spec(prior), str(prior_folder(prior_dir)))
     if cfg.seed < 0:
         raise VqgenError(f"sample.seed={cfg.seed}: must be 0 or more (each sample's stream is seeded from it); "
                          "pass e.g. --seed 0")
@@ -110,14 +112,19 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     return out
 
 
+def grid_spec(prior: LoadedPrior) -> GridSpec:
+    return GridSpec(prior.meta.vocab, prior.meta.grid_h, prior.meta.grid_w)
+
+
 def _sample_indices(prior: LoadedPrior, tokenizer: VQVAE, cfg: SampleConfig, labels: torch.Tensor,
                     indices: list[int], out: Path, state: PartialState) -> None:
     """Sample, decode and write this process's share of the indices, batch by batch."""
-    meta = prior.meta
-    spec = GridSpec(meta.vocab, meta.grid_h, meta.grid_w)
+    draw = prior_kind(prior.meta.arch).sampler.draw
     model, tokenizer = prior.model.to(state.device), tokenizer.to(state.device)
-    batches = generate(model, meta.arch, spec, labels[indices], indices, cfg)
+    batches = generate(model, draw, grid_spec(prior), labels[indices], indices, cfg)
     total = -(-len(indices) // cfg.batch_size)
-    for batch in tqdm(batches, total=total, desc="sample", disable=not state.is_local_main_process):
-        write_shard(out, batch.indices, batch.labels, batch.codes)
-        write_images(out, batch.indices, batch.labels, tokenizer.decode_codes(batch.codes.to(state.device)))
+    # A context: an error closes the bar before the CLI prints it, on a line of its own.
+    with tqdm(batches, total=total, desc="sample", disable=not state.is_local_main_process) as bar:
+        for batch in bar:
+            write_shard(out, batch.indices, batch.labels, batch.codes)
+            write_images(out, batch.indices, batch.labels, tokenizer.decode_codes(batch.codes.to(state.device)))

@@ -1,4 +1,5 @@
-"""Drawing code grids from a trained prior (GPT with a KV cache, or PixelCNN in raster order).
+"""Drawing code grids from an autoregressive prior (GPT with a KV cache, or PixelCNN in raster order),
+and what every prior's sampler shares: the settings, the labels plan and the batch loop.
 
 Modified from LlamaGen's autoregressive/models/generate.py (prefill / decode_one_token /
 decode_n_tokens / generate), with the transformers KV cache in place of LlamaGen's own. The loop
@@ -6,12 +7,15 @@ is ours rather than `model.generate` for two reasons: classifier-free guidance n
 conditional and unconditional rows mixed before every draw (a logits processor sees only one
 batch of rows and cannot feed the mixed token back to both halves), and each sample draws from
 its own random stream (`SampleNoise`) so that samples do not depend on the batch they fall in.
+
+Each prior's registry entry (`stage2_prior.registry`) names its `Sampler`: the MaskGIT one is in
+`sampling.maskgit`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -47,8 +51,11 @@ class SampleConfig:
     per_class: int = setting(0, "images per class, class-balanced; 0: n images", ge=0)
     batch_size: int = setting(64, "images drawn at once", ge=1)
     seed: int = setting(0, "sample i depends on (seed, i) only", ge=0)
-    kv_cache: str = setting("dynamic", "none recomputes the prefix: a reference, slow",
-                            choices=("dynamic", "static", "none"))
+    kv_cache: str | None = setting(None, "autoregressive GPT only; none recomputes the prefix (a reference, "
+                                   "slow); null: dynamic", choices=KV_CACHES)
+    steps: int | None = setting(None, "maskgit only: decoding steps, 1..T; null: 8", ge=1)
+    choice_temperature: float | None = setting(None, "maskgit only: Gumbel noise on the confidence, annealed to 0; "
+                                               "null: 4.5", ge=0)
 
     @property
     def filters(self) -> Filters:
@@ -65,8 +72,10 @@ def check_config(cfg: SampleConfig, num_classes: int, source: str) -> None:
         )
     if cfg.per_class < 0 or (cfg.per_class == 0 and cfg.n < 1):
         raise VqgenError(f"sample: need n >= 1 (or per_class >= 1); got n={cfg.n}, per_class={cfg.per_class}")
-    if cfg.kv_cache not in KV_CACHES:
+    if cfg.kv_cache not in (None, *KV_CACHES):
         raise VqgenError(f"sample.kv_cache: '{cfg.kv_cache}' is not one of {', '.join(KV_CACHES)}")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise VqgenError(f"sample.steps={cfg.steps}: a MaskGIT prior needs at least 1 decoding step; pass --steps 8")
     if num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.classes not in (None, [UNCOND])):
         raise VqgenError(
             f"{source}: the prior is unconditional (num_classes 0); drop sample.classes and "
@@ -97,6 +106,27 @@ class GridSpec:
     grid_w: int
 
 
+# One batch of a prior's samples: (model, spec, labels (B,), the samples' global indices, cfg) -> codes (B, h, w).
+DrawBatch = Callable[[torch.nn.Module, GridSpec, Tensor, list[int], SampleConfig], Tensor]
+# Refuses, in one line naming `source`, settings this prior cannot honour: (cfg, spec, source) -> None.
+CheckSettings = Callable[[SampleConfig, GridSpec, str], None]
+
+
+class Sampler(NamedTuple):
+    """What a prior's registry entry supplies for sampling."""
+
+    draw: DrawBatch
+    check: CheckSettings
+
+
+def check_autoregressive(cfg: SampleConfig, spec: GridSpec, source: str) -> None:
+    """MaskGIT's settings mean nothing to a prior that draws one code per pass."""
+    given = [f"sample.{key}" for key in ("steps", "choice_temperature") if getattr(cfg, key) is not None]
+    if given:
+        raise VqgenError(f"{source}: {' and '.join(given)} set MaskGIT's parallel decoding, but this prior is "
+                         "autoregressive (one pass per code); drop them (--steps is for arch maskgit)")
+
+
 def _draw(logits: Tensor, cfg: SampleConfig, noise: SampleNoise, guided: bool) -> Tensor:
     """Rows (R, K) -> tokens (B,): guidance on [cond; uncond] rows, then filters and the draw."""
     logits = guide(logits.float(), cfg.cfg_scale) if guided else logits.float()
@@ -104,20 +134,20 @@ def _draw(logits: Tensor, cfg: SampleConfig, noise: SampleNoise, guided: bool) -
     return pick(logits, cfg.filters, eps)
 
 
-def _condition_rows(tokens: Tensor, uncond: Tensor, guided: bool) -> Tensor:
+def condition_rows(tokens: Tensor, uncond: Tensor, guided: bool) -> Tensor:
     """(B,) -> (R,) rows the model sees: [cond; uncond] under guidance, else cond."""
     return torch.cat([tokens, uncond]) if guided else tokens
 
 
-def _both_halves(tokens: Tensor, guided: bool) -> Tensor:
-    """A drawn token (B,) goes to its conditional and its unconditional row: -> (R,)."""
-    return tokens.repeat(2) if guided else tokens
+def both_halves(tokens: Tensor, guided: bool) -> Tensor:
+    """Drawn tokens (B, ...) go to their conditional and their unconditional rows: -> (R, ...)."""
+    return torch.cat([tokens, tokens]) if guided else tokens
 
 
-def _make_cache(model: torch.nn.Module, kind: str, max_len: int):
+def _make_cache(model: torch.nn.Module, kind: str | None, max_len: int):
     if kind == "static":
         return StaticCache(config=model.config, max_cache_len=max_len)
-    return DynamicCache(config=model.config) if kind == "dynamic" else None
+    return None if kind == "none" else DynamicCache(config=model.config)
 
 
 def _code_logits(model: torch.nn.Module, ids: Tensor, cache, k: int) -> Tensor:
@@ -147,7 +177,7 @@ def decode_n_tokens(model: torch.nn.Module, cond: Tensor, n: int, cfg: SampleCon
     for t in range(n):
         codes.append(_draw(logits, cfg, noise, guided))
         if t + 1 < n:
-            seq = torch.cat([seq, rearrange(_both_halves(codes[-1], guided), "r -> r 1")], dim=1)
+            seq = torch.cat([seq, rearrange(both_halves(codes[-1], guided), "r -> r 1")], dim=1)
             logits = decode_one_token(model, seq, cache, k)
     return torch.stack(codes, dim=1)
 
@@ -161,7 +191,7 @@ def generate_gpt(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices
     guided = cfg.cfg_scale != 1.0
     vocab = spec.vocab
     cond = vocab.cond_token(vocab.class_index(labels)).to(device)
-    rows = _condition_rows(cond, torch.full_like(cond, vocab.uncond_token), guided)
+    rows = condition_rows(cond, torch.full_like(cond, vocab.uncond_token), guided)
     noise = SampleNoise(cfg.seed, indices, device)
     codes = decode_n_tokens(model, rows, spec.grid_h * spec.grid_w, cfg, noise, guided, vocab.codebook_size)
     return rearrange(codes, "b (h w) -> b h w", h=spec.grid_h)
@@ -176,17 +206,18 @@ def generate_pixelcnn(model: torch.nn.Module, spec: GridSpec, labels: Tensor, in
     guided = cfg.cfg_scale != 1.0
     vocab = spec.vocab
     index = vocab.class_index(labels).to(device)
-    rows = _condition_rows(index, torch.full_like(index, vocab.uncond_index), guided)
+    rows = condition_rows(index, torch.full_like(index, vocab.uncond_index), guided)
     noise = SampleNoise(cfg.seed, indices, device)
     codes = torch.zeros(len(rows), spec.grid_h, spec.grid_w, dtype=torch.long, device=device)
     for i in range(spec.grid_h):
         for j in range(spec.grid_w):
             logits = model(codes, rows).logits[:, i, j, : vocab.codebook_size]
-            codes[:, i, j] = _both_halves(_draw(logits, cfg, noise, guided), guided)
+            codes[:, i, j] = both_halves(_draw(logits, cfg, noise, guided), guided)
     return codes[: len(labels)]
 
 
-SAMPLERS = {"gpt": generate_gpt, "pixelcnn": generate_pixelcnn}
+GPT_SAMPLER = Sampler(generate_gpt, check_autoregressive)
+PIXELCNN_SAMPLER = Sampler(generate_pixelcnn, check_autoregressive)
 
 
 class Batch(NamedTuple):
@@ -195,9 +226,10 @@ class Batch(NamedTuple):
     codes: Tensor  # (B, h, w) int64
 
 
-def generate(model: torch.nn.Module, arch: str, spec: GridSpec, labels: Tensor, indices: list[int],
+def generate(model: torch.nn.Module, draw: DrawBatch, spec: GridSpec, labels: Tensor, indices: list[int],
              cfg: SampleConfig) -> Iterator[Batch]:
-    """Sample the given indices (with their labels (n,)) batch by batch; arch is "gpt" or "pixelcnn"."""
+    """Sample the given indices (with their labels (n,)) batch by batch with the prior's `draw`
+    (its `Sampler.draw`, e.g. `generate_gpt`)."""
     for start in range(0, len(indices), cfg.batch_size):
         idx, lab = indices[start : start + cfg.batch_size], labels[start : start + cfg.batch_size]
-        yield Batch(idx, lab, SAMPLERS[arch](model, spec, lab, idx, cfg).cpu())
+        yield Batch(idx, lab, draw(model, spec, lab, idx, cfg).cpu())

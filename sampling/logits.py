@@ -1,6 +1,6 @@
 """Turning a prior's next-token logits into tokens: guidance, filtering and the draw itself.
 
-Each step is a small named helper so that the GPT and PixelCNN samplers share them. The draw is
+Each step is a small named helper so that the GPT, PixelCNN and MaskGIT samplers share them. The draw is
 Gumbel-max (argmax of logits plus Gumbel noise), written as the "exponential race"
 argmax(logits - log E) with E ~ Exp(1): the noise is an input, drawn per sample by `SampleNoise`,
 so a sample's tokens do not depend on which other samples share its batch.
@@ -56,16 +56,27 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def pick(logits: Tensor, filters: Filters, noise: Tensor | None) -> Tensor:
-    """Draw one token per row. logits (B, K) float, noise (B, K) Exp(1) draws -> tokens (B,) int64."""
+def shape(logits: Tensor, filters: Filters) -> Tensor:
+    """The logits (B, K) a token is drawn from: divided by the temperature, then top-k and top-p
+    filtered. Temperature 0 (greedy) leaves them as they are."""
     if filters.temperature == 0.0:
+        return logits
+    return top_p_filter(top_k_filter(logits / filters.temperature, filters.top_k), filters.top_p)
+
+
+def draw(logits: Tensor, noise: Tensor | None) -> Tensor:
+    """One token per row of shaped logits (B, K), with noise (B, K) Exp(1) draws; None: argmax."""
+    if noise is None:
         return logits.argmax(dim=-1)
-    logits = logits / filters.temperature
-    logits = top_k_filter(logits, filters.top_k)
-    logits = top_p_filter(logits, filters.top_p)
-    assert noise is not None, "sampling at temperature > 0 needs noise"
     # argmax(l - log E) with E ~ Exp(1) is a draw from softmax(l) (Gumbel-max trick)
     return (logits - noise.log()).argmax(dim=-1)
+
+
+def pick(logits: Tensor, filters: Filters, noise: Tensor | None) -> Tensor:
+    """Draw one token per row. logits (B, K) float, noise (B, K) Exp(1) draws -> tokens (B,) int64."""
+    greedy = filters.temperature == 0.0
+    assert greedy or noise is not None, "sampling at temperature > 0 needs noise"
+    return draw(shape(logits, filters), None if greedy else noise)
 
 
 def sample_seed(seed: int, index: int) -> int:

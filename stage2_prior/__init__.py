@@ -1,4 +1,7 @@
-"""Stage 2: autoregressive priors over code grids (a transformers GPT/Llama or a gated PixelCNN)."""
+"""Stage 2: priors over code grids: autoregressive (a transformers GPT/Llama, a gated PixelCNN) or
+masked (MaskGIT, a transformers BERT). `stage2_prior.registry` lists them; `stage2_prior.load.load_prior`
+loads a saved one. Nothing else is imported here: `sampling` imports `stage2_prior.vocab`, and the
+registry imports the samplers."""
 
 from transformers import AutoConfig, AutoModel
 
@@ -8,6 +11,4 @@ from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior
 AutoConfig.register(PixelCNNConfig.model_type, PixelCNNConfig, exist_ok=True)
 AutoModel.register(PixelCNNConfig, PixelCNNPrior, exist_ok=True)
 
-from stage2_prior.load import LoadedPrior, PriorMeta, load_prior  # noqa: E402
-
-__all__ = ["LoadedPrior", "PixelCNNConfig", "PixelCNNPrior", "PriorMeta", "load_prior"]
+__all__ = ["PixelCNNConfig", "PixelCNNPrior"]

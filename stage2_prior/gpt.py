@@ -14,9 +14,8 @@ import torch
 from einops import rearrange
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from stage2_prior.overrides import build_config, merge_overrides
+from stage2_prior.overrides import build_config, check_at_least, check_positive, merge_overrides
 from stage2_prior.vocab import PriorVocab
-from vqgen.config import Rule
 from vqgen.errors import VqgenError
 
 # Sizes in the style of LlamaGen's GPT_models; intermediate = ~8/3 hidden (SwiGLU, Shazeer 2020)
@@ -33,9 +32,6 @@ GPT_PRESETS: dict[str, dict[str, int]] = {
 # The one mapping between the two families: LlamaConfig's name of each size field -> GPT2Config's.
 GPT2_NAMES = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
               "intermediate_size": "n_inner", "max_position_embeddings": "n_positions"}
-# Each size field must be >= 1: transformers divides by the head count and makes tensors of these
-# sizes, so 0 or a negative size would end in a ZeroDivisionError or a torch traceback.
-POSITIVE = Rule(ge=1)
 
 FAMILIES = ("llama", "gpt2")
 
@@ -79,24 +75,12 @@ def gpt_config(
         "tie_word_embeddings": False,
     }
     kwargs = merge_overrides(cls, kwargs, overrides)
-    for key in names.values():
-        if problem := POSITIVE.problem(kwargs[key]):
-            raise VqgenError(f"prior.model.{key} {problem}, got {kwargs[key]!r}; fix the value")
-    _check_fits(kwargs, vocab, num_tokens, names["max_position_embeddings"])
+    check_positive(kwargs, names.values())
+    check_at_least(kwargs, "vocab_size", vocab.vocab_size,
+                   f"too small for K={vocab.codebook_size} codes + {vocab.num_classes} classes + 1")
+    check_at_least(kwargs, names["max_position_embeddings"], num_tokens + 1,
+                   f"too short for T={num_tokens} codes + 1 condition token")
     return build_config(cls, {**kwargs, "attn_implementation": "sdpa"})
-
-
-def _check_fits(kwargs: dict, vocab: PriorVocab, num_tokens: int, positions_key: str) -> None:
-    if kwargs["vocab_size"] < vocab.vocab_size:
-        raise VqgenError(
-            f"prior.model.vocab_size: {kwargs['vocab_size']} is too small for K={vocab.codebook_size} codes + "
-            f"{vocab.num_classes} classes + 1; remove the override or set it >= {vocab.vocab_size}"
-        )
-    if kwargs[positions_key] < num_tokens + 1:
-        raise VqgenError(
-            f"prior.model.{positions_key}: {kwargs[positions_key]} is too short for T={num_tokens} codes + 1 "
-            f"condition token; remove the override or set it >= {num_tokens + 1}"
-        )
 
 
 def gpt_code_logits(model: torch.nn.Module, codes: torch.Tensor, cond: torch.Tensor, codebook_size: int) -> torch.Tensor:

@@ -12,23 +12,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedModel
+from transformers import PreTrainedModel
 
-from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior
+from stage2_prior.registry import prior_kind
 from stage2_prior.vocab import PriorVocab
 from vqgen.errors import VqgenError
 from vqgen.model_folder import load_model, model_folder
 from vqgen.runs import read_json, write_json
 
 META_FILE = "vqgen_prior.json"
-ARCHS = ("gpt", "pixelcnn")
-MODEL_TYPES = {"gpt": (LlamaConfig.model_type, GPT2Config.model_type), "pixelcnn": (PixelCNNConfig.model_type,)}
 FIX = "train one with `vqgen train-prior`"
 
 
 @dataclass
 class PriorMeta:
-    arch: str  # gpt | pixelcnn
+    arch: str  # a name in stage2_prior.registry.PRIORS
     codebook_size: int  # K
     grid_h: int
     grid_w: int
@@ -58,11 +56,12 @@ def read_prior_meta(model_dir: str | Path) -> PriorMeta:
     data = read_json(path, "prior metadata")
     names = {f.name for f in dataclasses.fields(PriorMeta)}
     missing = sorted(names - set(data))
-    if missing or data["arch"] not in ARCHS:
+    if missing:
         raise VqgenError(
-            f"{path}: not a vqgen prior file (missing {', '.join(missing) or 'nothing'}, arch "
-            f"{data.get('arch')!r}); point at a folder written by 'vqgen train-prior'"
+            f"{path}: not a vqgen prior file (missing {', '.join(missing)}); point at a folder written by "
+            "'vqgen train-prior'"
         )
+    prior_kind(data["arch"], source=f"{path}: arch")
     return PriorMeta(**{k: data[k] for k in names})
 
 
@@ -75,5 +74,5 @@ def load_prior(path: str | Path) -> LoadedPrior:
     """Load a prior from its model folder or its training run folder."""
     folder = prior_folder(path)
     meta = read_prior_meta(folder)
-    cls = AutoModelForCausalLM if meta.arch == "gpt" else PixelCNNPrior
-    return LoadedPrior(load_model(cls, folder, "prior", MODEL_TYPES[meta.arch], FIX), meta)
+    kind = prior_kind(meta.arch)
+    return LoadedPrior(load_model(kind.loader, folder, "prior", kind.model_types, FIX), meta)

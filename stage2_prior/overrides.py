@@ -7,11 +7,15 @@ keep a misspelt key as a silent attribute), and the config's own validation erro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
 
-from vqgen.config import check_kwargs
+from vqgen.config import Rule, check_kwargs
 from vqgen.errors import VqgenError
+
+POSITIVE = Rule(ge=1)
 
 
 def merge_overrides(cls: type[PreTrainedConfig], defaults: dict, overrides: dict) -> dict:
@@ -27,3 +31,17 @@ def build_config(cls: type[PreTrainedConfig], kwargs: dict) -> PreTrainedConfig:
     except (ValueError, TypeError, StrictDataclassError) as err:
         reason = str(err).strip().splitlines()[-1]
         raise VqgenError(f"prior.model: invalid {cls.__name__} ({reason}); fix the value") from None
+
+
+def check_positive(kwargs: dict, keys: Iterable[str]) -> None:
+    """Each size must be >= 1: transformers divides by the head count and makes tensors of these
+    sizes, so 0 or a negative size would end in a ZeroDivisionError or a torch traceback."""
+    for key in keys:
+        if problem := POSITIVE.problem(kwargs[key]):
+            raise VqgenError(f"prior.model.{key} {problem}, got {kwargs[key]!r}; fix the value")
+
+
+def check_at_least(kwargs: dict, key: str, needed: int, reason: str) -> None:
+    """An override of `key` below `needed` (the vocabulary or sequence the codes need): one line."""
+    if kwargs[key] < needed:
+        raise VqgenError(f"prior.model.{key}: {kwargs[key]} is {reason}; remove the override or set it >= {needed}")

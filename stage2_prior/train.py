@@ -1,31 +1,28 @@
-"""Training an autoregressive prior on dumped code grids, through the shared loop (`vqgen.loop.fit`).
+"""Training a prior on dumped code grids, through the shared loop (`vqgen.loop.fit`).
 
     path = train_prior(PriorRunConfig(codes="runs/demo/codes", preset="demo"), "runs/demo/prior")
 
-The grids are read memory-mapped through `stage1_vqvae.codes`, never loaded whole. The loss is the
-mean negative log-likelihood (nats) of the code tokens under logits restricted to the K codes, so
-`val/bits_per_token` is directly comparable with `val/unigram_bits`, the entropy of the training
+The grids are read memory-mapped through `stage1_vqvae.codes`, never loaded whole. The model, its
+loss and its val metrics come from the arch's registry entry (`stage2_prior.registry`): next-code
+NLL for the autoregressive priors (`stage2_prior.next_token`), masked-code NLL for MaskGIT
+(`stage2_prior.masking`). Every arch also logs `val/unigram_bits`, the entropy of the training
 codes' unigram distribution: what a model that ignores all context would need.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate.utils import set_seed
-from einops import rearrange
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel
 
 from stage1_vqvae.codes import load_codes, read_meta
-from stage2_prior.gpt import build_gpt, gpt_code_logits
-from stage2_prior.load import ARCHS, PriorMeta, write_prior_meta
-from stage2_prior.pixelcnn import build_pixelcnn
+from stage2_prior.load import PriorMeta, write_prior_meta
+from stage2_prior.registry import ARCHS, prior_kind
 from stage2_prior.vocab import PriorVocab
 from vqgen.config import setting
 from vqgen.distributed import process_state
@@ -51,19 +48,7 @@ class PriorRunConfig:
 
 
 def build_prior(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
-    if cfg.arch not in ARCHS:
-        raise VqgenError(f"prior.arch: unknown architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
-    shape = (vocab.codebook_size, vocab.num_classes, grid_h, grid_w)
-    if cfg.arch == "gpt":
-        return build_gpt(cfg.preset, *shape, family=cfg.family, **cfg.model)
-    return build_pixelcnn(cfg.preset, *shape, **cfg.model)
-
-
-def code_logits(model: torch.nn.Module, arch: str, vocab: PriorVocab, codes: torch.Tensor, index: torch.Tensor):
-    """codes (B, h, w) int64, class indices (B,) in [0, N] -> logits (B, T, K) of every code."""
-    if arch == "gpt":
-        return gpt_code_logits(model, codes, vocab.cond_token(index), vocab.codebook_size)
-    return rearrange(model(codes, index).logits, "b h w k -> b (h w) k")
+    return prior_kind(cfg.arch).build(cfg, vocab, grid_h, grid_w)
 
 
 @dataclass
@@ -98,16 +83,35 @@ def count_codes(dataset: Dataset, codebook_size: int, batch_size: int = 1024, so
     return CodeCounts(counts, max_label)
 
 
+class Rows(Dataset):
+    """A data set whose items also carry their row ("row": int): a masked prior's val masks are
+    seeded by it, so an item is masked alike at every evaluation, on any number of processes."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "row": i}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        items = self.dataset.__getitems__(indices)  # the batched read of CodeGrids
+        return [{**item, "row": i} for i, item in zip(indices, items)]
+
+
 class PriorTask:
     """The prior's `TrainTask` for `vqgen.loop.fit`."""
 
     def __init__(self, cfg: PriorRunConfig):
         self.cfg = cfg
+        self.objective = prior_kind(cfg.arch).objective
         meta = read_meta(cfg.codes)
         self.codes_meta = dataclasses.asdict(meta)
         self.vocab = PriorVocab(meta.codebook_size, meta.num_classes)
         self.train_set = load_codes(cfg.codes, "train")
-        self.val_set = load_codes(cfg.codes, "val") if meta.splits.get("val", 0) > 0 else None
+        self.val_set = Rows(load_codes(cfg.codes, "val")) if meta.splits.get("val", 0) > 0 else None
         source = str(Path(cfg.codes) / "vqgen_codes.json")
         self.stats = count_codes(self.train_set, meta.codebook_size, source=source)
         _check_labels(cfg.codes, "train", self.stats.max_label, meta.num_classes)
@@ -122,31 +126,11 @@ class PriorTask:
         state = process_state()
         index = self.vocab.class_index(batch["label"])
         index = self.vocab.drop_labels(index, self.cfg.label_dropout, state.process_index, state.num_processes)
-        logits = code_logits(model, self.cfg.arch, self.vocab, batch["codes"], index)
-        targets = rearrange(batch["codes"], "b h w -> b (h w)")
-        loss = F.cross_entropy(rearrange(logits, "b t k -> (b t) k"), targets.flatten())
-        accuracy = (logits.argmax(-1) == targets).float().mean()
-        return {"loss": loss, "accuracy": accuracy.detach()}
+        return self.objective.loss(model, self.vocab, batch["codes"], index)
 
     def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
-        nll, correct, tokens = 0.0, 0.0, 0
-        for batch in loader:
-            index = self.vocab.class_index(batch["label"])
-            logits = code_logits(model, self.cfg.arch, self.vocab, batch["codes"], index)
-            targets = rearrange(batch["codes"], "b h w -> b (h w)")
-            per_sample = F.cross_entropy(rearrange(logits, "b t k -> b k t"), targets, reduction="none").sum(1)
-            hits = (logits.argmax(-1) == targets).float().sum(1)
-            per_sample, hits = accelerator.gather_for_metrics((per_sample, hits))
-            nll += float(per_sample.double().sum())
-            correct += float(hits.double().sum())
-            tokens += per_sample.numel() * targets.shape[1]
-        nll /= max(tokens, 1)
-        return {
-            "val/nll": nll,
-            "val/bits_per_token": nll / math.log(2),
-            "val/accuracy": correct / max(tokens, 1),
-            "val/unigram_bits": self.stats.unigram_bits,
-        }
+        metrics = self.objective.evaluate(model, self.vocab, loader, accelerator)
+        return {**metrics, "val/unigram_bits": self.stats.unigram_bits}
 
     def after_evaluate(self, model, step: int, out_dir: Path, accelerator) -> None:
         """Nothing to draw here: `vqgen sample` decodes grids with the tokenizer."""
@@ -174,8 +158,7 @@ def _check_labels(codes_dir: str, split: str, max_label: int, num_classes: int) 
 
 def train_prior(cfg: PriorRunConfig, out: str | Path, resume: bool = False) -> Path:
     """Train a prior on `cfg.codes`; returns OUT/model (save_pretrained files + vqgen_prior.json)."""
-    if cfg.arch not in ARCHS:
-        raise VqgenError(f"prior.arch: unknown architecture '{cfg.arch}'; choose one of {', '.join(ARCHS)}")
+    prior_kind(cfg.arch)  # an unknown arch: one line listing the registry, before any work
     if not 0.0 <= cfg.label_dropout < 1.0:
         raise VqgenError(f"prior.label_dropout: {cfg.label_dropout} must be in [0, 1); 0.1 is the usual value")
     set_seed(cfg.train.seed)  # before the model is built, so the seed fixes its initialisation

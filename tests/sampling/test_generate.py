@@ -45,7 +45,7 @@ def any_gpt(request):
 
 
 def sample_all(model, labels, cfg):
-    batches = generate(model, "gpt", SPEC, labels, list(range(len(labels))), cfg)
+    batches = generate(model, generate_gpt, SPEC, labels, list(range(len(labels))), cfg)
     return torch.cat([b.codes for b in batches])
 
 
@@ -199,7 +199,7 @@ def test_pixelcnn_top_k_one_is_argmax(pixelcnn):
 def test_pixelcnn_same_seed_same_samples_at_any_batch_size(pixelcnn, cfg_scale):
     def run(batch_size, seed=1):
         cfg = SampleConfig(seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, top_p=0.95)
-        return torch.cat([b.codes for b in generate(pixelcnn, "pixelcnn", SPEC, LABELS, list(range(8)), cfg)])
+        return torch.cat([b.codes for b in generate(pixelcnn, generate_pixelcnn, SPEC, LABELS, list(range(8)), cfg)])
 
     first = run(1)
     assert torch.equal(first, run(3)) and torch.equal(first, run(8))
