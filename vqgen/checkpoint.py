@@ -14,6 +14,7 @@ random states, and `register_for_checkpointing`'s states load with `weights_only
 in a shared run folder runs code on `--resume`. It also skips an unreadable random-state file without a
 word, which silently ends an exact resume.
 
+`save_step` writes a checkpoint under a temporary name, renames it into place and keeps the newest few.
 `read` checks every file against the live objects before `apply` changes anything, so a bad checkpoint
 is rejected whole (`CheckpointError`), and `resume` falls back to the one before it.
 """
@@ -21,7 +22,10 @@ is rejected whole (`CheckpointError`), and `resume` falls back to the one before
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +43,7 @@ from vqgen.errors import VqgenError
 logger = get_logger(__name__)
 FORMAT = 1
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
+STEP_FOLDER = re.compile(r"^step_(\d{8})$")
 
 
 class CheckpointError(Exception):
@@ -90,11 +95,47 @@ def save(folder: Path, parts: Parts, process_index: int, num_processes: int) -> 
     _write(folder / f"rng_{process_index}.json", _json_bytes(_rng_state()))
 
 
-def resume(accelerator: Accelerator, folders: list[Path], parts: Parts) -> Path:
-    """Apply the newest of `folders` (sorted oldest first) that reads whole, warning of each newer one
-    that does not, and return it; when none does, one line naming each problem."""
+def folders(out_dir: Path) -> list[Path]:
+    """The run's checkpoints, `out_dir/checkpoints/step_XXXXXXXX`, oldest first."""
+    folder = out_dir / "checkpoints"
+    found = [p for p in folder.iterdir() if STEP_FOLDER.match(p.name)] if folder.is_dir() else []
+    return sorted(found)
+
+
+def save_step(accelerator: Accelerator, out_dir: Path, step: int, parts: Parts, keep: int) -> Path:
+    """On every process: write the checkpoint of `step` whole under a temporary name, rename it into place,
+    drop all but the newest `keep`, and return its folder."""
+    final = out_dir / "checkpoints" / f"step_{step:08d}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        save(tmp, parts, accelerator.process_index, accelerator.num_processes)
+    except BaseException:
+        # A half-written checkpoint is only a temporary folder; drop it, so a full disk gets its space back.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # A same-named folder is one that did not load (`resume` fell back past it).
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in folders(out_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator: Accelerator, out_dir: Path, parts: Parts) -> Path | None:
+    """Apply the newest checkpoint of the run in `out_dir` that reads whole, warning of each newer one
+    that does not, and return it; None when the run has none, one line naming each problem when none reads."""
+    found = folders(out_dir)
+    if not found:
+        logger.info("no checkpoint in %s; starting from step 0", out_dir)
+        return None
     problems = []
-    for folder in reversed(folders):
+    for folder in reversed(found):
         loaded, problem = _read_on_every_process(accelerator, folder, parts)
         if loaded is not None:
             apply(loaded, parts)
@@ -103,7 +144,7 @@ def resume(accelerator: Accelerator, folders: list[Path], parts: Parts) -> Path:
         logger.warning("%s cannot be resumed from (%s); trying the checkpoint before it", folder, problem)
         problems.append(f"{folder.name}: {problem}")
     raise VqgenError(
-        f"{folders[0].parent}: no checkpoint can be resumed from ({'; '.join(problems)}); move the "
+        f"{found[0].parent}: no checkpoint can be resumed from ({'; '.join(problems)}); move the "
         "step_* folders out of it to train again from step 0, or choose a new --out"
     )
 

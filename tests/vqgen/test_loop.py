@@ -11,7 +11,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig, fit, param_groups, warmup_cosine
+from vqgen.loop import TrainConfig, fit
+from vqgen.loop.optim import param_groups, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))

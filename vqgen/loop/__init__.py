@@ -1,14 +1,20 @@
-"""The one Accelerate training loop every stage uses (moved from vqgen/loop.py; split next)."""
+"""The one Accelerate training loop every stage uses.
 
-from vqgen.loop.training import (
-    EpochSampler,
-    TrainConfig,
-    TrainState,
-    TrainTask,
-    WeightEMA,
-    fit,
-    param_groups,
-    warmup_cosine,
-)
+A stage supplies a `TrainTask` (model, data sets, `training_step`, `evaluate`); `fit` owns the rest:
+the Accelerator, AdamW with weight decay on matrices only, warmup and cosine decay, gradient
+accumulation and clipping, an EMA of the weights, the progress bar, `metrics.jsonl`, atomic
+checkpoints with exact resume, and the final `save_pretrained`.
+
+    task.py      what a stage hands to `fit`: TrainTask, TrainConfig (the `train:` settings)
+    training.py  `fit` and the loop itself: steps, metrics, evaluations, stops, the final model
+    batches.py   the global batch cut into micro-batches, epoch after epoch (EpochSampler), the val loader
+    optim.py     which parameters decay, the learning-rate schedule, the EMA of the weights
+    vqgen/checkpoint.py  the checkpoints: their format, saving, and resuming with a fallback
+"""
+
+from vqgen.loop.batches import EpochSampler
+from vqgen.loop.optim import WeightEMA, param_groups, warmup_cosine
+from vqgen.loop.task import TrainConfig, TrainTask
+from vqgen.loop.training import TrainState, fit
 
 __all__ = ["EpochSampler", "TrainConfig", "TrainState", "TrainTask", "WeightEMA", "fit", "param_groups", "warmup_cosine"]
