@@ -13,12 +13,11 @@ from typing import Any
 import torch
 from einops import rearrange
 from torch.utils.data import DataLoader, Subset
-from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchvision.utils import save_image
 
 from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of
 from eval.inception import InceptionFeatures, extract_features
+from stage1_vqvae.evaluate import tokenizer_scores
 from stage1_vqvae.load import load_tokenizer, tokenizer_folder
 from stage1_vqvae.model import VQVAE
 from vqgen.data import DataConfig, load_images
@@ -36,25 +35,12 @@ from vqgen.runs import (
 logger = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def tokenizer_metrics(tokenizer: VQVAE, data: DataConfig, split: str = "val", batch_size: int = BATCH_SIZE) -> dict:
     """Mean per-image PSNR and SSIM (images in [0, 1]), codebook usage (% of K used) and the
-    perplexity of the code histogram, over the whole split."""
-    k = tokenizer.config.codebook_size
-    counts = torch.zeros(k, dtype=torch.long)
-    sums, n = {"psnr": 0.0, "ssim": 0.0}, 0
-    for batch in DataLoader(load_images(data, split), batch_size=batch_size):
-        images = batch["image"].to(tokenizer.device)
-        codes = tokenizer.encode(images)
-        target, recon = images * 0.5 + 0.5, tokenizer.decode_codes(codes) * 0.5 + 0.5
-        sums["psnr"] += float(psnr(recon, target, data_range=1.0, reduction="none", dim=(1, 2, 3)).sum())
-        sums["ssim"] += float(ssim(recon, target, data_range=1.0, reduction="none").sum())
-        counts += torch.bincount(codes.flatten().cpu(), minlength=k)
-        n += len(images)
-    probs = counts.double() / counts.sum()
-    perplexity = float((-(probs * probs.clamp(min=1e-12).log()).sum()).exp())
-    return {"psnr": sums["psnr"] / n, "ssim": sums["ssim"] / n, "usage": 100.0 * float((counts > 0).double().mean()),
-            "perplexity": perplexity, "n_images": n, "split": split}
+    perplexity of the code histogram, over the whole split (stage 1's own evaluation pass)."""
+    loader = DataLoader(load_images(data, split), batch_size=batch_size)
+    scores = tokenizer_scores(tokenizer, (batch["image"].to(tokenizer.device) for batch in loader))
+    return {name: scores[name] for name in ("psnr", "ssim", "usage", "perplexity", "n_images")} | {"split": split}
 
 
 def _image_pairs(tokenizer: VQVAE, data: DataConfig, split: str, n: int):

@@ -122,6 +122,13 @@ def nearest_code(z: Tensor, codebook: Tensor, cosine: bool = False) -> Tensor:
     return out
 
 
+def code_perplexity(counts: Tensor) -> Tensor:
+    """exp(entropy) of a code histogram counts (K,), in the float dtype of counts (float32 for
+    integers): K when all K codes are used equally, 1 when one code is."""
+    probs = counts / counts.sum()
+    return torch.special.xlogy(probs, probs).sum().neg().exp()  # xlogy: an unused code adds 0, not NaN
+
+
 def _kmeanspp_seeds(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """k rows of x (N, d) by k-means++ (Arthur & Vassilvitskii 2007): each next seed is drawn with
     probability proportional to its squared distance from the seeds so far, so that Lloyd's
@@ -301,8 +308,7 @@ class VectorQuantizer(nn.Module):
     def _record_usage(self, z: Tensor, indices: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
         """Update meters (and, in training, the codebook); return (perplexity, usage)."""
         self._usage_counts = counts if self._usage_counts is None else self._usage_counts + counts
-        probs = counts.float() / counts.sum()
-        perplexity = torch.exp(-(probs * torch.log(probs.clamp(min=1e-10))).sum())
+        perplexity = code_perplexity(counts)
         if not self.training:
             return perplexity, (self._usage_counts > 0).float().mean()
         global_counts = self._update_ema_(z, indices, counts) if self.config.ema else self._sum(counts)

@@ -17,11 +17,11 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from einops import rearrange
-from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchvision.utils import save_image
 
+from stage1_vqvae.evaluate import tokenizer_scores
 from stage1_vqvae.load import TRAINING_FILE
-from stage1_vqvae.losses import RECONSTRUCTION, psnr_from_mse, tokenizer_loss
+from stage1_vqvae.losses import RECONSTRUCTION, tokenizer_loss
 from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
 from vqgen.config import check_kwargs, setting, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
@@ -96,30 +96,11 @@ class TokenizerTask:
         return loss.log() | extra | {"loss": loss.loss}
 
     def evaluate(self, model: torch.nn.Module, loader, accelerator: Accelerator) -> dict[str, float]:
-        """Whole-set metrics: mean per-image MSE, PSNR and SSIM; code usage (%) and perplexity of the
-        code histogram over every val image, gathered from all processes."""
-        k = model.config.codebook_size
-        counts = torch.zeros(k, dtype=torch.long, device=accelerator.device)
-        sums = {"mse": 0.0, "psnr": 0.0, "ssim": 0.0}
-        n = 0
-        for batch in loader:
-            images = batch["image"]
-            output = model(images)
-            mse = (output.reconstruction - images).square().flatten(1).mean(1)
-            per_image = {"mse": mse, "psnr": psnr_from_mse(mse),
-                         "ssim": ssim(output.reconstruction * 0.5 + 0.5, images * 0.5 + 0.5, data_range=1.0,
-                                      reduction="none")}
-            gathered = accelerator.gather_for_metrics((per_image, output.codes))
-            for name, values in gathered[0].items():
-                sums[name] += float(values.sum())
-            counts += torch.bincount(gathered[1].flatten(), minlength=k)
-            n += len(gathered[1])
-        probs = counts.float() / counts.sum()
-        entropy = -(probs * probs.clamp(min=1e-10).log()).sum()
-        results = {f"val/{name}": total / n for name, total in sums.items()}
-        results |= {"val/usage": 100.0 * float((counts > 0).float().mean()), "val/perplexity": float(entropy.exp())}
-        self.last_eval = results
-        return results
+        """Whole-set metrics (stage1_vqvae.evaluate.tokenizer_scores: MSE, PSNR, SSIM, code usage %
+        and perplexity) over every val image, gathered from all processes."""
+        scores = tokenizer_scores(model, (batch["image"] for batch in loader), accelerator.gather_for_metrics)
+        self.last_eval = {f"val/{name}": value for name, value in scores.items() if name != "n_images"}
+        return self.last_eval
 
     def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path, accelerator: Accelerator) -> None:
         """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction."""
