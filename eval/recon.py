@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from einops import rearrange
 from torch.utils.data import DataLoader, Subset
-from torchvision.utils import save_image
 
 from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of
 from eval.inception import InceptionFeatures, extract_features
-from stage1_vqvae.evaluate import tokenizer_scores
+from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores
 from stage1_vqvae.load import load_tokenizer, tokenizer_folder
 from stage1_vqvae.model import VQVAE
 from vqgen.data import DataConfig, load_images
@@ -67,13 +65,8 @@ def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None 
 
 def save_side_by_side(tokenizer: VQVAE, data: DataConfig, path: Path, n: int = 64, cols: int = 8) -> None:
     """Rows of `cols` pairs: each val image, then its reconstruction at its right."""
-    originals, recons = _image_pairs(tokenizer, data, "val", n)
-    pairs = torch.stack([torch.cat(originals), torch.cat(recons)])
-    count = pairs.shape[1] // cols * cols or pairs.shape[1]
-    cols = min(cols, count)
-    grid = rearrange(pairs[:, :count], "two (rows cols) c h w -> (rows cols two) c h w", cols=cols)
-    with atomic_path(path) as tmp:
-        save_image(grid.float() / 255.0, tmp, nrow=2 * cols, padding=1)
+    originals, recons = (torch.cat(batches).float() / 255.0 for batches in _image_pairs(tokenizer, data, "val", n))
+    save_reconstruction_grid(originals, recons, path, cols, layout="beside")
 
 
 def reconstruct(

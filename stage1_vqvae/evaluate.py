@@ -1,21 +1,30 @@
-"""The tokenizer's evaluation: one pass of whole-set metrics.
+"""The tokenizer's evaluation: one pass of whole-set metrics, and one reconstruction grid.
 
     tokenizer_scores(model, batches)   # {"mse", "psnr", "ssim", "usage", "perplexity", "n_images"}
+    save_reconstruction_grid(originals, reconstructions, path)
 
 Training's validation (stage1_vqvae/train.py) and `vqgen reconstruct` (eval/recon.py) both use
-it, so a tokenizer's val numbers mean the same thing wherever they are printed.
+them, so a tokenizer's val numbers and pictures mean the same thing wherever they are printed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+from torchvision.utils import save_image
 
 from stage1_vqvae.losses import psnr_from_mse
 from stage1_vqvae.quantize import code_perplexity
+from vqgen.runs import atomic_path
+
+# How a grid places each reconstruction, and how many tiles that makes a row of `cols` pairs: at its
+# original's right, or a row of originals above a row of their reconstructions.
+PAIR_LAYOUTS = {"beside": ("(rows cols two)", 2), "rows": ("(rows two cols)", 1)}
 
 
 def _identity(x):
@@ -48,3 +57,20 @@ def tokenizer_scores(model: nn.Module, batches: Iterable[Tensor], gather: Callab
     usage = 100.0 * float((counts > 0).double().mean())
     return scores | {"usage": usage, "perplexity": float(code_perplexity(counts.double())), "n_images": n}
 
+
+def whole_rows(n: int, cols: int) -> int:
+    """How many of n pairs a grid of `cols` pairs per row shows: whole rows, or all n when fewer."""
+    return n // cols * cols or n
+
+
+def save_reconstruction_grid(originals: Tensor, reconstructions: Tensor, path: Path, cols: int = 8,
+                             layout: str = "beside") -> None:
+    """A PNG at `path` of originals (N, C, H, W) and their reconstructions, in [0, 1], `cols` pairs
+    a row (the first `whole_rows(N, cols)`), placed by PAIR_LAYOUTS[layout], 1 px apart."""
+    count = whole_rows(len(originals), cols)
+    cols = min(cols, count)
+    pattern, tiles_per_pair = PAIR_LAYOUTS[layout]
+    pairs = torch.stack([originals[:count], reconstructions[:count]])
+    grid = rearrange(pairs, f"two (rows cols) c h w -> {pattern} c h w", cols=cols)
+    with atomic_path(path) as tmp:
+        save_image(grid, tmp, nrow=tiles_per_pair * cols, padding=1)

@@ -16,10 +16,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from einops import rearrange
-from torchvision.utils import save_image
 
-from stage1_vqvae.evaluate import tokenizer_scores
+from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, whole_rows
 from stage1_vqvae.load import TRAINING_FILE
 from stage1_vqvae.losses import RECONSTRUCTION, tokenizer_loss
 from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
@@ -27,11 +25,11 @@ from vqgen.config import check_kwargs, setting, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
-from vqgen.runs import atomic_path, write_json
+from vqgen.runs import write_json
 
 logger = logging.getLogger(__name__)
 
-PREVIEW_IMAGES = 32  # val images shown (original above reconstruction) in recon_step_N.png
+PREVIEW_IMAGES, PREVIEW_COLS = 32, 8  # val images shown (original above reconstruction) in recon_step_N.png
 FROM_DATA = ("in_channels", "image_size")  # model fields the data decides
 
 
@@ -104,13 +102,10 @@ class TokenizerTask:
 
     def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path, accelerator: Accelerator) -> None:
         """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction."""
-        count = min(PREVIEW_IMAGES, len(self.val_set)) // 8 * 8 or len(self.val_set)
+        count = whole_rows(min(PREVIEW_IMAGES, len(self.val_set)), PREVIEW_COLS)
         images = torch.stack([self.val_set[i]["image"] for i in range(count)]).to(accelerator.device)
-        pairs = torch.stack([images, model(images).reconstruction])
-        cols = min(8, count)
-        grid = rearrange(pairs, "two (rows cols) c h w -> (rows two cols) c h w", cols=cols)
-        with atomic_path(out_dir / f"recon_step_{step}.png") as tmp:
-            save_image(grid * 0.5 + 0.5, tmp, nrow=cols, padding=1)
+        save_reconstruction_grid(images * 0.5 + 0.5, model(images).reconstruction * 0.5 + 0.5,
+                                 out_dir / f"recon_step_{step}.png", PREVIEW_COLS, layout="rows")
 
     def save_extras(self, model_dir: Path) -> None:
         """vqgen_tokenizer.json: the data it was trained on (read back by `load.training_data`), the
