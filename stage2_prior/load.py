@@ -75,4 +75,8 @@ def load_prior(path: str | Path) -> LoadedPrior:
     folder = prior_folder(path)
     meta = read_prior_meta(folder)
     kind = prior_kind(meta.arch)
-    return LoadedPrior(load_model(kind.loader, folder, "prior", kind.model_types, FIX), meta)
+    model = load_model(kind.loader, folder, "prior", kind.model_types, FIX)
+    if problem := kind.config_problem(model.config):
+        raise VqgenError(f"{folder}: cannot load the prior (config.json: {problem}); the files are corrupt, "
+                         f"copy them again or {FIX}")
+    return LoadedPrior(model, meta)

@@ -4,7 +4,7 @@ Chang et al. 2022, "MaskGIT: Masked Generative Image Transformer": a BERT encode
 [cond, x_0 ... x_{T-1}], where x_t is code c_t or, when unknown, a [MASK] token. Every masked
 position is scored in one pass, so a grid is drawn in a few parallel steps (`sampling.maskgit`)
 rather than T. The model is a stock `BertForMaskedLM` (the architecture of the paper's own code:
-post-LN BERT, learned positions, GELU MLP, output tied to the token embeddings), so a saved prior
+post-LN BERT, learned positions, GELU MLP, an MLM head; untied here, see below), so a saved prior
 loads with plain `AutoModelForMaskedLM.from_pretrained`.
 
 Token ids: those of `stage2_prior.vocab` (codes, classes, unconditional) plus K+N+1, the [MASK] token.
@@ -18,7 +18,7 @@ from einops import rearrange
 from transformers import BertConfig, BertForMaskedLM
 
 from stage2_prior.gpt import GPT_PRESETS
-from stage2_prior.overrides import build_config, check_at_least, check_positive, merge_overrides
+from stage2_prior.overrides import build_config, check_at_least, merge_overrides, positive_problem
 from stage2_prior.vocab import PriorVocab
 from vqgen.errors import VqgenError
 
@@ -51,9 +51,17 @@ def build_maskgit(
         "max_position_embeddings": num_tokens + 1,
         "type_vocab_size": 1,  # one segment: the token type embedding is a constant bias
         "pad_token_id": None,  # BERT's default 0 would freeze code 0's embedding (padding_idx)
+        # Untied, as the GPT prior (and LlamaGen): inputs embed codes, classes and [MASK], the head
+        # scores codes. A tied head would also share storage, which a safetensors checkpoint refuses.
+        "tie_word_embeddings": False,
+        # No dropout, as the Llama prior: the paper's 0.1 slowed small runs several-fold, and dropout
+        # draws differ between processes, so a run would no longer match across process counts.
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
     }
     kwargs = merge_overrides(BertConfig, kwargs, overrides)
-    check_positive(kwargs, SIZE_KEYS)
+    if problem := size_problem(kwargs):
+        raise VqgenError(f"prior.model.{problem}; fix the value")
     check_at_least(kwargs, "vocab_size", mask_token(vocab) + 1,
                    f"too small for K={codebook_size} codes + {num_classes} classes + 1 + [MASK]")
     check_at_least(kwargs, "max_position_embeddings", num_tokens + 1,
@@ -61,7 +69,21 @@ def build_maskgit(
     if kwargs.get("is_decoder") or kwargs.get("add_cross_attention"):
         raise VqgenError("prior.model: a MaskGIT prior attends both ways over one sequence; remove "
                          "is_decoder and add_cross_attention")
-    return BertForMaskedLM(build_config(BertConfig, {**kwargs, "attn_implementation": "sdpa"}))
+    model = BertForMaskedLM(build_config(BertConfig, {**kwargs, "attn_implementation": "sdpa"}))
+    # Untied, BERT's head keeps `cls.predictions.bias` (the bias it ties to the decoder's) but never
+    # uses it: frozen, it is no trainable parameter that DDP would wait on for a gradient.
+    model.cls.predictions.bias.requires_grad_(False)
+    return model
+
+
+def size_problem(values: dict) -> str | None:
+    """What is wrong with the sizes of a BertConfig's `values`, or None. BertConfig checks none of
+    them, and a BERT builds even with a negative head count (its head size turns negative too)."""
+    if problem := positive_problem(values, SIZE_KEYS):
+        return problem
+    if values["hidden_size"] % values["num_attention_heads"]:
+        return f"hidden_size {values['hidden_size']} is not a multiple of num_attention_heads {values['num_attention_heads']}"
+    return None
 
 
 def maskgit_logits(model: torch.nn.Module, tokens: torch.Tensor, cond: torch.Tensor, codebook_size: int) -> torch.Tensor:

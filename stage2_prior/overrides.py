@@ -33,12 +33,19 @@ def build_config(cls: type[PreTrainedConfig], kwargs: dict) -> PreTrainedConfig:
         raise VqgenError(f"prior.model: invalid {cls.__name__} ({reason}); fix the value") from None
 
 
-def check_positive(kwargs: dict, keys: Iterable[str]) -> None:
-    """Each size must be >= 1: transformers divides by the head count and makes tensors of these
-    sizes, so 0 or a negative size would end in a ZeroDivisionError or a torch traceback."""
+def positive_problem(values: dict, keys: Iterable[str]) -> str | None:
+    """The first size in `keys` below 1 ('num_hidden_layers must be >= 1, got 0'), or None. Sizes
+    must be >= 1: transformers divides by the head count and makes tensors of these sizes, so 0 or a
+    negative size would end in a ZeroDivisionError, a torch traceback or a silently odd model."""
     for key in keys:
-        if problem := POSITIVE.problem(kwargs[key]):
-            raise VqgenError(f"prior.model.{key} {problem}, got {kwargs[key]!r}; fix the value")
+        if problem := POSITIVE.problem(values[key]):
+            return f"{key} {problem}, got {values[key]!r}"
+    return None
+
+
+def check_positive(kwargs: dict, keys: Iterable[str]) -> None:
+    if problem := positive_problem(kwargs, keys):
+        raise VqgenError(f"prior.model.{problem}; fix the value")
 
 
 def check_at_least(kwargs: dict, key: str, needed: int, reason: str) -> None:

@@ -21,13 +21,14 @@ from transformers import (
     BertConfig,
     GPT2Config,
     LlamaConfig,
+    PreTrainedConfig,
     PreTrainedModel,
 )
 
 from sampling.generate import GPT_SAMPLER, PIXELCNN_SAMPLER, Sampler
 from sampling.maskgit import MASKGIT_SAMPLER
 from stage2_prior.gpt import build_gpt
-from stage2_prior.maskgit import build_maskgit
+from stage2_prior.maskgit import build_maskgit, size_problem
 from stage2_prior.masking import MaskedTokens
 from stage2_prior.next_token import NextToken, gpt_logits, pixelcnn_logits
 from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior, build_pixelcnn
@@ -60,6 +61,8 @@ class PriorKind:
     build: Build
     loader: type  # its from_pretrained loads the folder
     model_types: tuple[str, ...]  # config.json model_type values of the folder
+    # What is wrong with a loaded config that its own class does not check, or None.
+    config_problem: Callable[[PreTrainedConfig], str | None]
     objective: Objective
     sampler: Sampler
 
@@ -76,12 +79,20 @@ def _maskgit(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -
     return build_maskgit(cfg.preset, vocab.codebook_size, vocab.num_classes, grid_h, grid_w, **cfg.model)
 
 
+def _checked_by_its_class(config: PreTrainedConfig) -> None:
+    """Llama, GPT-2 and our PixelCNN configs refuse bad sizes themselves."""
+
+
+def _bert_sizes(config: PreTrainedConfig) -> str | None:
+    return size_problem(config.to_dict())
+
+
 PRIORS: dict[str, PriorKind] = {
     "gpt": PriorKind(_gpt, AutoModelForCausalLM, (LlamaConfig.model_type, GPT2Config.model_type),
-                     NextToken(gpt_logits), GPT_SAMPLER),
-    "pixelcnn": PriorKind(_pixelcnn, PixelCNNPrior, (PixelCNNConfig.model_type,), NextToken(pixelcnn_logits),
-                          PIXELCNN_SAMPLER),
-    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), MaskedTokens(),
+                     _checked_by_its_class, NextToken(gpt_logits), GPT_SAMPLER),
+    "pixelcnn": PriorKind(_pixelcnn, PixelCNNPrior, (PixelCNNConfig.model_type,), _checked_by_its_class,
+                          NextToken(pixelcnn_logits), PIXELCNN_SAMPLER),
+    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens(),
                          MASKGIT_SAMPLER),
 }
 ARCHS = tuple(PRIORS)

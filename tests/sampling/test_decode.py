@@ -13,6 +13,7 @@ from sampling.generate import SampleConfig
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.gpt import build_gpt
 from stage2_prior.load import PriorMeta, write_prior_meta
+from stage2_prior.maskgit import build_maskgit
 from stage2_prior.pixelcnn import build_pixelcnn
 from vqgen.errors import VqgenError
 from vqgen.runs import sha256_file
@@ -34,6 +35,9 @@ def save_prior(folder: Path, tokenizer: Path, num_classes: int = N, arch: str = 
     if arch == "gpt":
         model = build_gpt("demo", K, num_classes, GRID, GRID, hidden_size=32, intermediate_size=64,
                           num_hidden_layers=2, num_attention_heads=4)
+    elif arch == "maskgit":
+        model = build_maskgit("demo", K, num_classes, GRID, GRID, hidden_size=32, intermediate_size=48,
+                              num_hidden_layers=2, num_attention_heads=4)
     else:
         model = build_pixelcnn("demo", K, num_classes, GRID, GRID, hidden_size=16, num_layers=2, head_size=16)
     model.save_pretrained(folder)
@@ -54,9 +58,9 @@ def png_names(out: Path) -> list[str]:
     return sorted(p.name for p in (out / "images").glob("*.png"))
 
 
-@pytest.mark.parametrize("arch", ["gpt", "pixelcnn"])
+@pytest.mark.parametrize("arch", ["gpt", "pixelcnn", "maskgit"])
 def test_sample_writes_pngs_grid_and_codes(tmp_path, pair, arch):
-    prior = pair[0] if arch == "gpt" else save_prior(tmp_path / "pixelcnn", pair[1], arch="pixelcnn")
+    prior = pair[0] if arch == "gpt" else save_prior(tmp_path / arch, pair[1], arch=arch)
     out = sample(prior, pair[1], SampleConfig(per_class=2, classes=[2, 0], batch_size=3, seed=1), tmp_path / "s")
     assert png_names(out) == ["000000_c2.png", "000001_c2.png", "000002_c0.png", "000003_c0.png"]
     assert (out / "grid.png").is_file()
@@ -124,6 +128,35 @@ def test_bad_requests_are_refused(tmp_path, pair, cfg, num_classes, match):
     with pytest.raises(VqgenError, match=match):
         sample(prior, pair[1], cfg, tmp_path / "s")
     assert not (tmp_path / "s" / "images").exists()
+
+
+@pytest.mark.parametrize(
+    "arch,cfg,match",
+    [("gpt", SampleConfig(steps=8), "sample.steps set MaskGIT's parallel decoding, but this prior is autoregressive"),
+     ("pixelcnn", SampleConfig(choice_temperature=1.0), "sample.choice_temperature set MaskGIT's"),
+     ("maskgit", SampleConfig(kv_cache="static"), "sample.kv_cache is for autoregressive GPT priors"),
+     ("maskgit", SampleConfig(steps=GRID * GRID + 1), "sample.steps=17: the prior's 4x4 grid has T=16 codes"),
+     ("maskgit", SampleConfig(steps=0), "sample.steps=0: a MaskGIT prior needs at least 1 decoding step")],
+)
+def test_settings_of_another_kind_of_prior_are_one_line_before_any_write(tmp_path, pair, arch, cfg, match):
+    prior = save_prior(tmp_path / arch, pair[1], arch=arch)
+    with pytest.raises(VqgenError, match=match) as err:
+        sample(prior, pair[1], cfg, tmp_path / "s")
+    assert "\n" not in str(err.value) and not (tmp_path / "s").exists()
+
+
+def test_maskgit_samples_are_resumable_at_another_batch_size(tmp_path, pair):
+    prior = save_prior(tmp_path / "maskgit", pair[1], arch="maskgit")
+    cfg = SampleConfig(n=5, batch_size=2, seed=3, steps=4, cfg_scale=2.0)
+    whole = sample(prior, pair[1], cfg, tmp_path / "whole")
+    part = sample(prior, pair[1], dataclasses.replace(cfg, n=5), tmp_path / "part")
+    for name in ("000001_c1.png", "000004_c1.png"):
+        (part / "images" / name).unlink()
+    sample(prior, pair[1], dataclasses.replace(cfg, batch_size=5), part)
+    with np.load(whole / "codes.npz") as a, np.load(part / "codes.npz") as b:
+        assert np.array_equal(a["codes"], b["codes"])
+    assert [(whole / "images" / n).read_bytes() for n in png_names(whole)] == [
+        (part / "images" / n).read_bytes() for n in png_names(part)]
 
 
 SCRIPT = """

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from datasets.table import MemoryMappedTable
 from safetensors.torch import load_file, save_file
 
@@ -26,6 +27,7 @@ from killing import KillAtCall, Killed  # noqa: E402
 MODELS = {
     "gpt": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
     "pixelcnn": {"hidden_size": 32, "num_layers": 4, "kernel_size": 3, "head_size": 32},
+    "maskgit": {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2},
 }
 TRAIN = TrainConfig(steps=40, batch_size=32, lr=1e-2, warmup_steps=4, weight_decay=0.1, eval_every=40,
                     save_every=40, log_every=1)
@@ -66,6 +68,37 @@ def test_prior_learns_structure_and_saves_loadable_folder(tmp_path, codes, arch)
     assert json.loads((tmp_path / "run_config.json").read_text())["arch"] == arch
 
 
+@pytest.mark.parametrize("labelled", [True, False])
+def test_maskgit_learns_structure_and_logs_masked_metrics(tmp_path, labelled):
+    """One visible code reveals a grid's shift, so both mask ratios become easy; no AR metric is logged.
+    (Inferring the shift from scattered codes takes the bidirectional model longer than the GPT.)"""
+    codes = write_codes(tmp_path / "codes", labelled=labelled)
+    model_dir = train_prior(config(codes, "maskgit", steps=200, eval_every=100, save_every=200), tmp_path / "run")
+    evals = [r for r in metrics(tmp_path / "run") if "val/unigram_bits" in r]
+    assert [r["step"] for r in evals] == [100, 200]
+    assert not any(key in evals[-1] for key in ("val/bits_per_token", "val/nll", "val/accuracy"))
+    unigram_nats = evals[-1]["val/unigram_bits"] * math.log(2)
+    # Knowing the row alone gives half the unigram nats (4 of 16 codes). Unlabelled at 0.9, the one
+    # or two visible codes do not teach this model the shift in 200 steps (300 give 40 % accuracy).
+    for ratio in ("0.5", "0.9") if labelled else ("0.5",):
+        assert evals[-1][f"val/masked_nll@{ratio}"] < 0.5 * unigram_nats, evals[-1]
+        assert evals[-1][f"val/masked_accuracy@{ratio}"] > 0.5, evals[-1]
+    prior = load_prior(model_dir)
+    assert prior.meta.arch == "maskgit" and prior.model.config.model_type == "bert"
+    assert prior.model.config.vocab_size == K + (N if labelled else 0) + 2
+
+
+def test_maskgit_val_metrics_depend_on_the_items_not_the_batches(tmp_path, codes):
+    """Each val item is masked by its own row's seed: any batch size gives the same numbers."""
+    task = PriorTask(config(codes, "maskgit"))
+    accelerator = Accelerator(cpu=True)
+    with torch.no_grad():
+        results = [task.evaluate(task.model.eval(), torch.utils.data.DataLoader(task.val_set, batch_size=b), accelerator)
+                   for b in (7, 64)]
+    assert results[0].keys() == results[1].keys() >= {"val/masked_nll@0.5", "val/masked_accuracy@0.9"}
+    assert all(results[0][k] == pytest.approx(results[1][k], rel=1e-5) for k in results[0])
+
+
 def test_count_codes_streams_the_unigram(codes):
     task_codes = PriorTask(config(codes)).train_set
     # Read from the Arrow file in place, never copied into memory.
@@ -80,10 +113,11 @@ class KilledTask(KillAtCall, PriorTask):
     pass
 
 
-def test_resume_is_bit_exact_with_label_dropout(tmp_path, codes, monkeypatch):
+@pytest.mark.parametrize("arch", ["gpt", "maskgit"])  # maskgit: its random masks resume too
+def test_resume_is_bit_exact_with_label_dropout(tmp_path, codes, monkeypatch, arch):
     from stage2_prior import train as train_module
 
-    cfg = dataclasses.replace(config(codes, steps=8, eval_every=4, save_every=4), label_dropout=0.5)
+    cfg = dataclasses.replace(config(codes, arch, steps=8, eval_every=4, save_every=4), label_dropout=0.5)
     whole = train_prior(cfg, tmp_path / "whole")
     monkeypatch.setattr(train_module, "PriorTask", lambda c: KilledTask(c, kill_at_call=7))
     with pytest.raises(Killed):
@@ -167,11 +201,12 @@ def test_missing_codes_folder_is_one_line_error(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_two_processes_match_one(tmp_path, codes, cpu_launch):
+@pytest.mark.parametrize("arch", ["gpt", "maskgit"])  # maskgit: the same masks too
+def test_two_processes_match_one(tmp_path, codes, cpu_launch, arch):
     """Same global batch, same label dropout draws: the per-step losses agree across 1 and 2 processes."""
     script = Path(__file__).parent / "run_prior_fit.py"
     for procs, launch in ((1, [sys.executable]), (2, cpu_launch(2))):
-        cmd = [*launch, str(script), str(codes), str(tmp_path / f"p{procs}")]
+        cmd = [*launch, str(script), str(codes), str(tmp_path / f"p{procs}"), arch]
         done = subprocess.run(cmd, check=True, timeout=300, cwd=Path(__file__).parents[2],
                               capture_output=True, text=True)
         assert done.stdout.count(f"processes={procs}") == procs, done.stdout[-500:]
