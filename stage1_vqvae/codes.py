@@ -156,22 +156,29 @@ def _write_shard(tokenizer: VQVAE, images: ImageDataset, grid: tuple[int, int], 
     # from_generator writes rows to an Arrow file in cache_dir as they come (1000 per write), so
     # memory stays flat however large the split; the explicit fingerprint skips hashing the
     # generator's arguments (the model) and, with a fresh cache_dir, can never reuse stale rows.
-    ds = datasets.Dataset.from_generator(
-        _encoded_rows, features=_features(grid, tokenizer.config.codebook_size),
-        gen_kwargs={"tokenizer": tokenizer, "subset": subset, "batch_size": batch_size,
-                    "show_progress": state.is_main_process},
-        cache_dir=str(shard.with_name(shard.name + ".cache")), fingerprint=f"{shard.parent.name}-{shard.name}",
-    )
+    try:
+        ds = datasets.Dataset.from_generator(
+            _encoded_rows, features=_features(grid, tokenizer.config.codebook_size),
+            gen_kwargs={"tokenizer": tokenizer, "subset": subset, "batch_size": batch_size,
+                        "show_progress": state.is_main_process},
+            cache_dir=str(shard.with_name(shard.name + ".cache")), fingerprint=f"{shard.parent.name}-{shard.name}",
+        )
+    except datasets.exceptions.DatasetGenerationError as err:
+        if isinstance(err.__cause__, VqgenError):  # raised while encoding (an unreadable image): our one line
+            raise VqgenError(str(err.__cause__)) from None  # a new one: re-raising the cause would chain it to itself
+        raise
     ds.save_to_disk(str(shard))
 
 
 def _encoded_rows(tokenizer: VQVAE, subset: Dataset, batch_size: int, show_progress: bool):
     dtype = code_dtype(tokenizer.config.codebook_size)
     loader = DataLoader(subset, batch_size=batch_size)
-    for batch in tqdm(loader, desc="encoding", disable=not show_progress):
-        codes = tokenizer.encode(batch["image"].to(tokenizer.device)).cpu().numpy().astype(dtype)
-        for row, label, index in zip(codes, batch["label"].tolist(), batch["index"].tolist()):
-            yield {"codes": row, "label": label, "index": index}
+    # A context: an error closes the bar before the CLI prints it, on a line of its own.
+    with tqdm(loader, desc="encoding", disable=not show_progress) as bar:
+        for batch in bar:
+            codes = tokenizer.encode(batch["image"].to(tokenizer.device)).cpu().numpy().astype(dtype)
+            for row, label, index in zip(codes, batch["label"].tolist(), batch["index"].tolist()):
+                yield {"codes": row, "label": label, "index": index}
 
 
 def _join_shards(staging: Path, out: Path, meta: CodeGridMeta) -> None:

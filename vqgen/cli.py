@@ -3,33 +3,47 @@
     vqgen train-tokenizer --config configs/fashion-mnist.yaml --out runs/t
     accelerate launch -m vqgen train-prior --codes runs/t/codes --out runs/p --train.steps=2000
 
-Each subcommand takes a few named flags; any other `--section.key=value` overrides the config file,
-which may be a whole pipeline YAML (the subcommand reads its own section and `data:`) or a file of
-the stage's settings alone. This is the only module that parses arguments or writes to stdout.
+A command's settings are the fields of its config dataclass (`SETTINGS`). Its --help lists them
+(key, type, default, help); --config gives a YAML file of them, which may be a whole pipeline YAML
+(the command reads its own section and `data:`); `--section.key=value` sets one; a few also have a
+named flag (`--data SPEC` sets data.spec). `vqgen.config.load_config` merges them all, for every
+command. This is the only module that parses arguments or writes to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib
 import logging
+import math
 import os
+import shutil
 import sys
+import textwrap
 import time
+import types
 import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from vqgen import __version__
-from vqgen.config import Rule, help_of, load_config, parse_overrides, rule_of
+from vqgen.config import Leaf, Rule, help_of, leaves, load_config, parse_overrides, rule_of
 from vqgen.errors import VqgenError
+
+DESCRIPTION = ("Two-stage image generation. A VQ-VAE tokenizer turns images into grids of codes; a prior (a GPT, "
+               "a PixelCNN or MaskGIT) learns to draw such grids, and the tokenizer decodes what it draws. FID, KID, rFID "
+               "and classifier FID measure the result; `vqgen pipeline` runs every stage in one resumable folder.")
 
 COMMANDS: dict[str, str] = {
     "train-tokenizer": "train the VQ-VAE tokenizer (stage 1)",
     "dump-codes": "encode a data set into code grids with a trained tokenizer",
     "reconstruct": "reconstruct val images with a tokenizer: side-by-side PNG and metrics",
-    "train-prior": "train the autoregressive prior on code grids (stage 2)",
+    "train-prior": "train a prior (GPT, PixelCNN or MaskGIT) on code grids (stage 2)",
     "sample": "draw images from a prior and decode them with the tokenizer",
     "fid-ref": "compute reference Inception statistics of a data set",
     "fid": "FID and KID of a folder of samples against reference statistics",
@@ -49,11 +63,49 @@ RESUME_HINT: dict[str, str] = {
 # Counts given as plain flags. An Inception covariance needs two images (one gives NaN); 0: all.
 AT_LEAST_ONE = Rule(ge=1)
 FID_COUNT = Rule(ge=2, choices=(0,))
-# SampleConfig fields that are also `vqgen sample` flags (--top-k sets top_k).
-SAMPLE_FLAGS = ("n", "temperature", "top_k", "top_p", "cfg_scale", "per_class", "batch_size", "seed")
 # The sections of a pipeline YAML (vqgen.pipeline.PipelineConfig): a stage command given such a file
 # reads its own section and `data:` (importing the pipeline here would import every stage).
 PIPELINE_SECTIONS = ("data", "tokenizer", "prior", "sample", "eval")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """A command's settings: its config dataclass, imported only when needed (a stage imports torch:
+    seconds), its section of a pipeline YAML (None: none of its own, though `data:` is still read),
+    and its named flags, each of which sets one setting (argparse dest -> dotted key)."""
+
+    config: Callable[[], type]
+    section: str | None = None
+    flags: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _lazy(module: str, name: str) -> Callable[[], type]:
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def data_settings() -> type:
+    """The settings of a command that only reads data: `data` alone, so that any other key is refused."""
+    from vqgen.data import DataConfig
+
+    return dataclasses.make_dataclass("DataSettings", [("data", DataConfig, dataclasses.field(default_factory=DataConfig))])
+
+
+DATA_FLAGS = {"data": "data.spec", "skip_bad": "data.skip_bad"}
+SWITCHES = {"skip_bad"}  # named flags that take no value
+SAMPLE_FLAGS = ("n", "temperature", "top_k", "top_p", "cfg_scale", "per_class", "batch_size", "seed", "classes",
+                "steps", "kv_cache")
+SETTINGS: dict[str, Settings] = {
+    "train-tokenizer": Settings(_lazy("stage1_vqvae.train", "TokenizerRunConfig"), "tokenizer", DATA_FLAGS),
+    "dump-codes": Settings(data_settings, None, DATA_FLAGS),
+    "reconstruct": Settings(data_settings, None, DATA_FLAGS),
+    "train-prior": Settings(_lazy("stage2_prior.train", "PriorRunConfig"), "prior",
+                            {name: name for name in ("codes", "arch", "preset")}),
+    "sample": Settings(_lazy("sampling.generate", "SampleConfig"), "sample", {name: name for name in SAMPLE_FLAGS}),
+    "fid-ref": Settings(data_settings, None, DATA_FLAGS),
+    "train-classifier": Settings(_lazy("eval.classifier", "ClassifierRunConfig"), "eval.classifier", DATA_FLAGS),
+    "pipeline": Settings(_lazy("vqgen.pipeline", "PipelineConfig")),
+}
 
 
 def configure_runtime() -> None:
@@ -74,19 +126,19 @@ def configure_runtime() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vqgen", description="Train a VQ tokenizer and an autoregressive prior; sample; measure FID.",
-        epilog="Any other --section.key=value flag overrides a config setting.",
+        prog="vqgen", description=DESCRIPTION,
+        epilog="Each command's --help lists its settings; set one with --section.key=value, or many in --config FILE.",
     )
     parser.add_argument("--version", action="version", version=f"vqgen {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     p = {name: sub.add_parser(name, help=text, description=text) for name, text in COMMANDS.items()}
-    for name in ("train-tokenizer", "train-prior", "pipeline", "train-classifier"):
-        p[name].add_argument("--config", type=Path, help="YAML settings (see configs/)")
+    for name, settings in SETTINGS.items():
+        p[name].settings = settings
+        p[name].add_argument("--config", type=Path, metavar="FILE", help=_config_help(name, settings))
+        for dest, key in settings.flags.items():
+            _named_flag(p[name], settings, dest, key)
     for name in ("train-tokenizer", "train-prior", "train-classifier"):
         p[name].add_argument("--resume", action="store_true", help="continue the run in --out")
-    for name in ("train-tokenizer", "dump-codes", "reconstruct", "fid-ref", "train-classifier"):
-        p[name].add_argument("--data", help="data spec: fashion-mnist, mnist, cifar10, folder:PATH, hf:NAME")
-        p[name].add_argument("--skip-bad", action="store_true", help="skip unreadable images (and count them)")
     for name in COMMANDS:
         p[name].add_argument("--out", type=Path, required=name != "fid", help="output folder or file")
     for name in ("dump-codes", "reconstruct", "sample"):
@@ -98,10 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="images in the side-by-side PNG")
     p["reconstruct"].add_argument("--rfid-n", type=checked(int, FID_COUNT), default=0,
                                   help="val images for rFID (0: --n)")
-    p["train-prior"].add_argument("--codes", help="code-grid folder written by dump-codes")
-    p["train-prior"].add_argument("--arch", choices=("gpt", "pixelcnn"))
-    p["train-prior"].add_argument("--preset", help="model size preset (see README)")
-    _sample_flags(p["sample"])
+    p["sample"].add_argument("--prior", type=Path, required=True, help="prior folder (or its run)")
     p["fid-ref"].add_argument("--split", default="test")
     p["fid-ref"].add_argument("--n", type=checked(int, FID_COUNT), default=0,
                               help="reference images (0: the whole split)")
@@ -110,26 +159,44 @@ def build_parser() -> argparse.ArgumentParser:
     p["fid"].add_argument("--n", type=checked(int, FID_COUNT), default=0, help="samples to score (0: all)")
     p["fid"].add_argument("--ref-n", type=checked(int, FID_COUNT), default=0,
                           help="test images of a --ref data spec (0: all)")
+    p["fid"].epilog = ("--data.KEY=VALUE settings (those of `vqgen fid-ref --help`) describe a --ref data spec; "
+                       "the samples' own size and channels fill the rest.")
     for name in ("fid-ref", "fid", "reconstruct", "pipeline"):
         p[name].add_argument("--inception-weights", type=Path, help="pytorch-fid or torch-fidelity weights")
     return parser
 
 
-def _sample_flags(p: argparse.ArgumentParser) -> None:
-    from sampling.generate import SampleConfig
+def _config_help(name: str, settings: Settings) -> str:
+    if name == "pipeline":
+        return "YAML file of the settings below (see configs/)"
+    parts = [f"{settings.section}: section" if settings.section else "", "data:" if "data" in settings.flags else ""]
+    return f"YAML file of the settings below, or a pipeline YAML (its {' and '.join(filter(None, parts))})"
 
-    p.add_argument("--prior", type=Path, required=True, help="prior folder (or its run)")
-    p.add_argument("--classes", help="comma-separated class ids to draw from, e.g. 0,3,7")
-    fields = {f.name: f for f in dataclasses.fields(SampleConfig)}
-    hints = typing.get_type_hints(SampleConfig)
-    for name in SAMPLE_FLAGS:
-        kind = next(a for a in (*typing.get_args(hints[name]), hints[name]) if a in (int, float))
-        p.add_argument("--" + name.replace("_", "-"), type=checked(kind, rule_of(fields[name])), help=help_of(fields[name]))
+
+def _named_flag(p: argparse.ArgumentParser, settings: Settings, dest: str, key: str) -> None:
+    """A named flag that sets setting `key`: listed in --help beside the setting (hence SUPPRESS here)."""
+    flag = "--" + dest.replace("_", "-")
+    if dest in SWITCHES:
+        p.add_argument(flag, dest=dest, action="store_true", default=None, help=argparse.SUPPRESS)
+    else:
+        p.add_argument(flag, dest=dest, type=_flag_type(settings, key), help=argparse.SUPPRESS)
+
+
+def _flag_type(settings: Settings, key: str) -> Callable[[str], Any]:
+    """The argparse `type=` of a named flag: its setting's type and rule, read from the config class
+    only when the flag is given. A list (--classes) is left as text for its command to split."""
+
+    def parse(text: str) -> Any:
+        leaf = next(leaf for leaf in leaves(settings.config()()) if leaf.key == key)
+        kind = _unwrap_optional(leaf.hint)
+        return checked(kind, rule_of(leaf.field))(text) if kind in (int, float, str) else text
+
+    return parse
 
 
 def checked(kind: type, rule: Rule) -> Callable[[str], Any]:
-    """An argparse `type=`: the flag's text as `kind` (int or float), refused with a one-line usage
-    error before any work unless it keeps `rule`."""
+    """An argparse `type=`: the flag's text as `kind` (int, float or str), refused with a one-line
+    usage error before any work unless it keeps `rule`."""
 
     def parse(text: str) -> Any:
         try:
@@ -144,6 +211,71 @@ def checked(kind: type, rule: Rule) -> Callable[[str], Any]:
     return parse
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: its --help ends with the command's settings, read from the config
+    dataclass only then."""
+
+    settings: Settings | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text if self.settings is None else f"{text}\n{settings_help(self.settings)}"
+
+
+# Setting types as --help names them.
+TYPE_NAMES = {int: "INT", float: "FLOAT", str: "STR", bool: "BOOL", list: "LIST", tuple: "LIST", dict: "DICT"}
+HELP_COLUMN = 44  # where a setting's words start, unless every key of its section is shorter
+
+
+def settings_help(settings: Settings) -> str:
+    """Every setting of a command, one section after another: `--key=TYPE (default X)  what it does;
+    its range`, with the named flag that also sets it."""
+    aliases = {key: flag for dest, key in settings.flags.items() if (flag := "--" + dest.replace("_", "-")) != f"--{key}"}
+    sections: dict[str, list[Leaf]] = {"": []}  # the command's own keys first, then its sections'
+    for leaf in leaves(settings.config()()):
+        sections.setdefault(leaf.key.rpartition(".")[0], []).append(leaf)
+    width = shutil.get_terminal_size().columns - 2  # argparse's own width
+    intro = "Settings: --key=VALUE (VALUE read as YAML), or the same keys in --config FILE."
+    return "\n\n".join([intro, *(_section_help(name, items, aliases, width) for name, items in sections.items() if items)]) + "\n"
+
+
+def _section_help(section: str, items: list[Leaf], aliases: dict[str, str], width: int) -> str:
+    heads = []
+    for leaf in items:
+        alias = f"; or {aliases[leaf.key]}" if leaf.key in aliases else ""
+        heads.append(f"  --{leaf.key}={_type_name(leaf.hint)} (default {yaml_text(leaf.value)}{alias})")
+    column = min(max(map(len, heads)) + 2, HELP_COLUMN)
+    lines = [f"{section} settings:" if section else "settings:"]
+    for head, leaf in zip(heads, items):
+        many = _type_name(leaf.hint) == "LIST"
+        words = "; ".join(filter(None, (help_of(leaf.field), rule_of(leaf.field).describe(many))))
+        if len(head) + 2 > column:  # the words go on the next lines
+            lines.append(head)
+            head = ""
+        if words:
+            lines.append(textwrap.fill(words, width, initial_indent=head.ljust(column), subsequent_indent=" " * column))
+        elif head:
+            lines.append(head)
+    return "\n".join(lines)
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _type_name(hint: Any) -> str:
+    hint = _unwrap_optional(hint)
+    return TYPE_NAMES.get(typing.get_origin(hint) or hint, "VALUE")
+
+
+def yaml_text(value: Any) -> str:
+    """`value` as it is written in a YAML file or after --key= (true, null, [0.9, 0.95], 0.001)."""
+    text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True, width=math.inf)
+    return text.strip().removesuffix("\n...").strip()
+
+
 def run(args: argparse.Namespace, overrides: list[str]) -> str:
     """Run one subcommand; return the line to print."""
     handler = globals()["_cmd_" + args.command.replace("-", "_")]
@@ -151,16 +283,25 @@ def run(args: argparse.Namespace, overrides: list[str]) -> str:
 
 
 def _cmd_train_tokenizer(args, overrides):
-    from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
+    from stage1_vqvae.train import train_tokenizer
 
-    cfg = _stage_config(TokenizerRunConfig, "tokenizer", args, overrides, _data_flags(args))
-    return f"tokenizer: {train_tokenizer(cfg, args.out, resume=args.resume)}"
+    return f"tokenizer: {train_tokenizer(_settings(args, overrides), args.out, resume=args.resume)}"
 
 
-def _stage_config(cls: type, section: str, args, overrides: list[str], flags: dict[str, Any]):
-    """Defaults, then --config (its `section` and data: if a pipeline YAML, else the whole file),
-    then the named flags, then --key=value overrides."""
-    return load_config(cls, args.config, overrides, section=section, pipeline_keys=PIPELINE_SECTIONS, flags=flags)
+def _settings(args: argparse.Namespace, overrides: list[str], base: Any = None) -> Any:
+    settings = SETTINGS[args.command]
+    flags = {key: getattr(args, dest) for dest, key in settings.flags.items()}
+    return command_config(args.command, args.config, overrides, flags=flags, base=base)
+
+
+def command_config(command: str, path: str | Path | None = None, overrides: list[str] = (), *,
+                   flags: dict[str, Any] | None = None, base: Any = None) -> Any:
+    """A command's config (`SETTINGS`): its defaults (or `base`), then the YAML at `path` (its own
+    section and data: if a pipeline YAML, else the whole file), then named flags, then --key=value."""
+    settings = SETTINGS[command]
+    pipeline_keys = () if command == "pipeline" else PIPELINE_SECTIONS  # the pipeline's YAML is its own
+    return load_config(settings.config(), path, overrides, section=settings.section, pipeline_keys=pipeline_keys,
+                       flags=flags, base=base)
 
 
 def _cmd_dump_codes(args, overrides):
@@ -181,27 +322,19 @@ def _cmd_reconstruct(args, overrides):
 
 
 def _data_config(args, overrides, tokenizer: Path | None = None):
-    """Data settings from the flags, on top of the tokenizer's own training data when there is one
-    (an image size or channel count other than the tokenizer's would only be refused later)."""
+    """Data settings, on top of the tokenizer's own training data when there is one (an image size
+    or channel count other than the tokenizer's would only be refused later)."""
     from stage1_vqvae.load import TRAINING_FILE, tokenizer_folder, training_data
-    from vqgen.data import DataConfig
 
+    holder = data_settings()
     trained = tokenizer is not None and (tokenizer_folder(tokenizer) / TRAINING_FILE).is_file()
-    base = training_data(tokenizer) if trained else DataConfig()
-    # A holder of `data` alone, so that any other --section.key is refused as unknown.
-    holder = dataclasses.make_dataclass("DataSettings", [("data", DataConfig)])
-    return load_config(holder, None, overrides, flags=_data_flags(args), base=holder(base)).data
-
-
-def _data_flags(args) -> dict[str, Any]:
-    return {"data.spec": args.data, "data.skip_bad": True if args.skip_bad else None}
+    return _settings(args, overrides, base=holder(training_data(tokenizer)) if trained else None).data
 
 
 def _cmd_train_prior(args, overrides):
-    from stage2_prior.train import PriorRunConfig, train_prior
+    from stage2_prior.train import train_prior
 
-    flags = {"codes": args.codes, "arch": args.arch, "preset": args.preset}
-    cfg = _stage_config(PriorRunConfig, "prior", args, overrides, flags)
+    cfg = _settings(args, overrides)
     if not cfg.codes:
         raise VqgenError("train-prior: no code grids given; pass --codes DIR (written by vqgen dump-codes)")
     return f"prior: {train_prior(cfg, args.out, resume=args.resume)}"
@@ -209,12 +342,10 @@ def _cmd_train_prior(args, overrides):
 
 def _cmd_sample(args, overrides):
     from sampling.decode import sample
-    from sampling.generate import SampleConfig
 
-    flags = {name: getattr(args, name) for name in SAMPLE_FLAGS}
-    flags["classes"] = _class_ids(args.classes) if args.classes else None
-    cfg = load_config(SampleConfig, None, overrides, flags=flags)
-    return f"samples: {sample(args.prior, args.tokenizer, cfg, args.out)}"
+    if args.classes is not None:
+        args.classes = _class_ids(args.classes)
+    return f"samples: {sample(args.prior, args.tokenizer, _settings(args, overrides), args.out)}"
 
 
 def _class_ids(text: str) -> list[int]:
@@ -227,8 +358,7 @@ def _class_ids(text: str) -> list[int]:
 def _cmd_fid_ref(args, overrides):
     from eval.fid import fid_ref
 
-    data = _data_config(args, overrides)
-    stats = fid_ref(data, args.split, args.out, weights=args.inception_weights, n=args.n)
+    stats = fid_ref(_data_config(args, overrides), args.split, args.out, weights=args.inception_weights, n=args.n)
     return f"reference statistics of {stats.meta.get('n', '?')} images: {args.out}"
 
 
@@ -257,22 +387,21 @@ def _cmd_fid(args, overrides):
 
 
 def _cmd_train_classifier(args, overrides):
-    from eval.classifier import ClassifierRunConfig, train_classifier
+    from eval.classifier import train_classifier
 
-    cfg = _stage_config(ClassifierRunConfig, "eval.classifier", args, overrides, _data_flags(args))
-    return f"classifier: {train_classifier(cfg, args.out, resume=args.resume)}"
+    return f"classifier: {train_classifier(_settings(args, overrides), args.out, resume=args.resume)}"
 
 
 def _cmd_pipeline(args, overrides):
-    from vqgen.pipeline import pipeline_config, run_pipeline
+    from vqgen.pipeline import run_pipeline
 
-    cfg = pipeline_config(args.config, overrides)
-    report = run_pipeline(cfg, args.out, inception_weights=args.inception_weights, echo=_echo)
+    report = run_pipeline(_settings(args, overrides), args.out, inception_weights=args.inception_weights, echo=_echo)
     return f"report: {report}"
 
 
 def _echo(line: str) -> None:
-    print(line, flush=True)
+    if _is_main_process():
+        print(line, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,25 +415,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         line = run(args, rest)
     except VqgenError as err:
-        _close_progress_bars()
-        print(f"vqgen {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(f"vqgen {args.command}: error: {err}", 2)
     except KeyboardInterrupt:
-        _close_progress_bars()
-        print(f"vqgen {args.command}: interrupted; {RESUME_HINT.get(args.command, 'run it again')}", file=sys.stderr)
-        return 130
+        return _fail(f"vqgen {args.command}: interrupted; {RESUME_HINT.get(args.command, 'run it again')}", 130)
     if _is_main_process():
         print(f"{line}  ({time.time() - started:.1f} s)")
     return 0
 
 
-def _close_progress_bars() -> None:
-    """End a bar an error interrupted, so the error starts a line of its own."""
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):
-        bar.close()
+def _fail(line: str, code: int) -> int:
+    """Print the error `line` once, from the main process (under `accelerate launch` every process
+    meets the same error: the settings and the output checks are the same everywhere); the others log
+    theirs at DEBUG level, in case it was theirs alone. Progress bars are closed by now (each is a
+    context of its own), so the line starts a line of its own."""
+    if _is_main_process():
+        print(line, file=sys.stderr)
+    else:
+        logging.getLogger(__name__).debug("%s", line)
+    return code
 
 
 def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    from vqgen.distributed import process_state
+
+    return process_state().is_main_process

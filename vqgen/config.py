@@ -2,6 +2,9 @@
 
     cfg = load_config(PipelineConfig, "configs/fashion-mnist.yaml", ["--prior.train.steps=500"])
 
+`load_config` is the one function that merges them, for every command and the pipeline; `leaves`
+lists a config's settings for the command line's help.
+
 Each field is declared with `setting(default, help, ge=..., choices=...)`: its help text and the
 values it takes live beside it, so one declaration feeds the checks here and the command line's
 help. Unknown keys, values of the wrong type and values out of range raise `VqgenError` naming the
@@ -21,7 +24,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -128,27 +131,50 @@ class Layer(NamedTuple):
     prefix: str = ""
 
 
+@dataclasses.dataclass(frozen=True)
+class Copies:
+    """Settings of a config that copy another of its settings, declared as the config class's
+    `copies` ClassVar (a pipeline's stages read its one top-level `data:`). `load_config` refuses a
+    value given for one, naming `why`, and fills it in; `leaves` (the command line's help) skips it."""
+
+    of: dict[str, str]  # dotted key -> the dotted key it copies
+    why: str
+
+
+class Leaf(NamedTuple):
+    """One setting of a config: its dotted key, its value, its type hint and its field."""
+
+    key: str
+    value: Any
+    hint: Any
+    field: dataclasses.Field
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] = (), *,
                 section: str | None = None, pipeline_keys: Iterable[str] = (), flags: dict[str, Any] | None = None,
                 base: T | None = None) -> T:
-    """Defaults of `cls` (or `base`), then the YAML file at `path`, then named `flags`
-    ({"data.spec": ...}, None for unset), then `--a.b=value` overrides; every value checked.
-    A stage reads its dotted `section` of a pipeline YAML (see `config_layers`)."""
+    """The one merge of settings: defaults of `cls` (or `base`), then the YAML file at `path`, then
+    named `flags` ({"data.spec": ...}, None for unset), then `--a.b=value` overrides; every value
+    checked. Given `pipeline_keys`, a YAML whose top-level keys are all among them is a pipeline
+    YAML: `cls` reads its dotted `section` of it (see `_file_layers`). Fills `cls.copies`."""
     cfg = cls() if base is None else base
-    for layer in config_layers(cls, path, overrides, section=section, pipeline_keys=pipeline_keys, flags=flags):
+    copies = _copies(cls)
+    for layer in _layers(cls, path, overrides, section, set(pipeline_keys), flags or {}):
+        _refuse_copies(layer, copies)
         cfg = apply(cfg, *layer)
+    for key, source in copies.of.items():
+        cfg = apply(cfg, _nest([(key, to_dict(_get(cfg, source)))]), source=f"{cls.__name__}.copies")
     return cfg
 
 
-def config_layers(cls: type, path: str | Path | None = None, overrides: Iterable[str] = (), *,
-                  section: str | None = None, pipeline_keys: Iterable[str] = (),
-                  flags: dict[str, Any] | None = None) -> list[Layer]:
+def _layers(cls: type, path: str | Path | None, overrides: Iterable[str], section: str | None,
+            pipeline_keys: set[str], flags: dict[str, Any]) -> list[Layer]:
     """The sources of settings in the order they apply: the file first, the command line last, so
     that an error names the source that holds the bad key."""
-    layers = [] if path is None else _file_layers(cls, path, section, set(pipeline_keys))
-    given = {key: value for key, value in (flags or {}).items() if value is not None}
+    layers = [] if path is None else _file_layers(cls, path, section, pipeline_keys)
+    given = {key: value for key, value in flags.items() if value is not None}
     if given:
-        layers.append(Layer(nest(given.items()), COMMAND_LINE, "--"))
+        layers.append(Layer(_nest(given.items()), COMMAND_LINE, "--"))
     overrides = list(overrides)
     if overrides:
         layers.append(Layer(parse_overrides(overrides), COMMAND_LINE, "--"))
@@ -157,23 +183,69 @@ def config_layers(cls: type, path: str | Path | None = None, overrides: Iterable
 
 def _file_layers(cls: type, path: str | Path, section: str | None, pipeline_keys: set[str]) -> list[Layer]:
     """A pipeline YAML (its top-level keys all among `pipeline_keys`) gives the dotted `section`
-    (e.g. 'eval.classifier'; absent: no settings) and its `data:` when `cls` has data settings. Any
-    other YAML is `cls`'s settings alone, so that a misspelt key in it is reported, not skipped."""
-    raw = read_yaml(path)
-    if section is None or not raw or not set(raw) <= pipeline_keys:
+    (e.g. 'eval.classifier'; None or absent: no settings) and its `data:` when `cls` has data
+    settings. Any other YAML is `cls`'s settings alone, so that a misspelt key in it is reported."""
+    raw = _read_yaml(path)
+    if not pipeline_keys or not raw or not set(raw) <= pipeline_keys:
         return [Layer(raw, str(path))]
-    node: Any = raw
-    for key in section.split("."):
-        node = node.get(key, {}) if isinstance(node, dict) else node
-    if not isinstance(node, dict):
-        raise VqgenError(f"{path}: '{section}' is a section; give it a mapping of settings")
-    layers = [Layer(node, str(path), f"{section}.")]
+    layers = []
+    if section is not None:
+        node: Any = raw
+        for key in section.split("."):
+            node = node.get(key, {}) if isinstance(node, dict) else node
+        if not isinstance(node, dict):
+            raise VqgenError(f"{path}: '{section}' is a section; give it a mapping of settings")
+        layers.append(Layer(node, str(path), f"{section}."))
     if "data" in raw and "data" in {f.name for f in dataclasses.fields(cls)}:
         layers.append(Layer({"data": raw["data"]}, str(path)))
     return layers
 
 
-def read_yaml(path: str | Path) -> dict:
+def _copies(cls: type) -> Copies:
+    return getattr(cls, "copies", Copies({}, ""))
+
+
+def _refuse_copies(layer: Layer, copies: Copies) -> None:
+    for key in copies.of:
+        node, leaf = _parent(layer.values, key)
+        if leaf in node:
+            raise VqgenError(f"{layer.source}: {layer.prefix}{key}: {copies.why}")
+
+
+def _parent(values: dict, key: str) -> tuple[dict, str]:
+    """The mapping in nested `values` that holds dotted `key` ({} when there is none), and its last part."""
+    *parents, leaf = key.split(".")
+    for part in parents:
+        values = values.get(part, {})
+        if not isinstance(values, dict):
+            return {}, leaf
+    return values, leaf
+
+
+def _get(cfg: Any, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+def leaves(cfg: Any) -> Iterator[Leaf]:
+    """Every setting of the config `cfg` with its current value, sections flattened into dotted
+    keys ('train.steps'), in declaration order; the `copies` of its class are left out."""
+    skip = set(_copies(type(cfg)).of)
+
+    def walk(node: Any, prefix: str) -> Iterator[Leaf]:
+        hints = typing.get_type_hints(type(node))
+        for f in dataclasses.fields(node):
+            key, value = prefix + f.name, getattr(node, f.name)
+            if key in skip:
+                continue
+            if dataclasses.is_dataclass(value):
+                yield from walk(value, f"{key}.")
+            else:
+                yield Leaf(key, value, hints[f.name], f)
+
+    return walk(cfg, "")
+
+
+def _read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise VqgenError(f"{path}: config file not found; pass an existing YAML file (see configs/)")
@@ -194,10 +266,10 @@ def parse_overrides(args: list[str]) -> dict:
         if not sep or not key:
             raise VqgenError(f"{COMMAND_LINE}: '{arg}' is not a setting; write --section.key=value")
         pairs.append((key.replace("-", "_"), yaml.safe_load(raw) if raw != "" else ""))
-    return nest(pairs)
+    return _nest(pairs)
 
 
-def nest(pairs: Iterable[tuple[str, Any]]) -> dict:
+def _nest(pairs: Iterable[tuple[str, Any]]) -> dict:
     """[("a.b", 1), ("a.c", 2)] -> {"a": {"b": 1, "c": 2}}."""
     out: dict = {}
     for key, value in pairs:
@@ -306,7 +378,13 @@ def check_kwargs(cls: type, kwargs: dict, source: str) -> dict:
     return kwargs
 
 
-def to_dict(cfg: Any) -> dict:
-    """A plain, YAML-ready dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
+def to_dict(cfg: Any, *, copies: bool = True) -> dict:
+    """A plain, YAML-ready dict of a config dataclass; without its class's `copies` when `copies` is
+    False (what a user would write, so that it loads again)."""
+    values = dataclasses.asdict(cfg)
+    if not copies:
+        for key in _copies(type(cfg)).of:
+            node, leaf = _parent(values, key)
+            del node[leaf]
+    return values
 

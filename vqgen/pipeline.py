@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -25,15 +25,12 @@ from sampling.generate import SampleConfig
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 from stage2_prior.train import PriorRunConfig, train_prior
-from vqgen.config import Layer, apply, config_layers, setting, to_dict
+from vqgen.config import Copies, setting, to_dict
 from vqgen.data import SPLITS, DataConfig, load_images
-from vqgen.errors import VqgenError
 from vqgen.preflight import check_pipeline
 from vqgen.report import write_run_report
 from vqgen.runs import MetricsLog, atomic_path, claim_output, finished_record, run_stage
 
-# Sections whose own `data:` the pipeline sets from the top-level one: one data set serves every stage.
-SHARED_DATA = (("tokenizer",), ("eval", "classifier"))
 # Settings that change how a stage runs, not what it produces: a rerun may change them.
 RUNTIME_ONLY = {"train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "num_workers"),
                 "sample": FREE_SETTINGS}
@@ -53,6 +50,14 @@ class EvalConfig:
 
 @dataclass
 class PipelineConfig:
+    """Every stage's settings; load it with `vqgen.config.load_config(PipelineConfig, path, overrides)`."""
+
+    # One data set serves every stage: the stages that read data copy the top-level `data:`.
+    copies: ClassVar[Copies] = Copies(
+        {"tokenizer.data": "data", "eval.classifier.data": "data"},
+        why="the pipeline uses one data set for every stage; set it in the top-level data: section",
+    )
+
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerRunConfig = field(default_factory=TokenizerRunConfig)
     prior: PriorRunConfig = field(default_factory=PriorRunConfig)
@@ -60,35 +65,9 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def pipeline_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> PipelineConfig:
-    """Defaults, then the YAML at `path`, then `--section.key=value` overrides; the tokenizer and
-    the classifier read the top-level `data:`."""
-    cfg = PipelineConfig()
-    for layer in config_layers(PipelineConfig, path, overrides):
-        _refuse_stage_data(layer)
-        cfg = apply(cfg, *layer)
-    classifier = dataclasses.replace(cfg.eval.classifier, data=cfg.data)
-    return dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, data=cfg.data),
-                               eval=dataclasses.replace(cfg.eval, classifier=classifier))
-
-
-def _refuse_stage_data(layer: Layer) -> None:
-    for path in SHARED_DATA:
-        node = layer.values
-        for key in path:
-            node = node.get(key, {}) if isinstance(node, dict) else {}
-        if isinstance(node, dict) and "data" in node:
-            raise VqgenError(
-                f"{layer.source}: {layer.prefix}{'.'.join(path)}.data: the pipeline uses one data set for every "
-                "stage; set it in the top-level data: section"
-            )
-
-
 def resolved_yaml(cfg: PipelineConfig) -> str:
     """config.yaml of a run: every setting, without the copies of `data:` (so it loads again)."""
-    values = to_dict(cfg)
-    del values["tokenizer"]["data"], values["eval"]["classifier"]["data"]
-    return yaml.safe_dump(values, sort_keys=False)
+    return yaml.safe_dump(to_dict(cfg, copies=False), sort_keys=False)
 
 
 def stage_settings(cfg: PipelineConfig, name: str) -> dict[str, Any]:
@@ -131,7 +110,7 @@ class _Context:
 def run_pipeline(cfg: PipelineConfig, out: str | Path, inception_weights: str | Path | None = None,
                  echo: Callable[[str], None] = lambda line: None) -> Path:
     """Run (or resume) every stage into `out`; returns the path of report.md. `cfg` comes from
-    `pipeline_config`, so the tokenizer and the classifier read the top-level `data:`."""
+    `load_config`, so the tokenizer and the classifier read the top-level `data:`."""
     ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None)
     check_pipeline(cfg, ctx.inception_weights)  # before anything runs or is written
     stages = _stages(ctx)
@@ -187,7 +166,8 @@ def _codes(ctx: _Context) -> dict[str, Any]:
 def _prior(ctx: _Context) -> dict[str, Any]:
     cfg = dataclasses.replace(ctx.cfg.prior, codes=str(ctx.out / "codes"))
     train_prior(cfg, ctx.out / "prior", resume=True)
-    return _last(ctx.out / "prior" / "metrics.jsonl", "val/")
+    # The arch tells the report which metrics the prior has (bits/token, or masked-code NLL).
+    return {"arch": cfg.arch, **_last(ctx.out / "prior" / "metrics.jsonl", "val/")}
 
 
 def _samples(ctx: _Context) -> dict[str, Any]:

@@ -7,15 +7,18 @@ import pytest
 import yaml
 
 from vqgen.config import (
+    Copies,
     Rule,
     apply,
     check,
     check_kwargs,
     help_of,
+    leaves,
     load_config,
     parse_overrides,
     rule_of,
     setting,
+    to_dict,
 )
 from vqgen.errors import VqgenError
 
@@ -224,3 +227,23 @@ def test_every_number_and_choice_of_a_run_config_has_a_rule():
                if hint in (int, float) and rule_of(f) == Rule() and not name.endswith("cfg_scale")]
     assert not unruled
     assert all(help_of(f) for name, hint, f in leaves(PipelineConfig)), "every setting says what it does"
+
+
+def test_copies_are_refused_in_any_layer_filled_and_left_out(tmp_path):
+    @dataclass
+    class Both:
+        copies: typing.ClassVar[Copies] = Copies({"stage.inner": "inner"}, why="one inner for all; set inner")
+        inner: Inner = field(default_factory=Inner)
+        stage: Outer = field(default_factory=Outer)
+
+    cfg = load_config(Both, None, ["--inner.steps=7"])
+    assert cfg.stage.inner == cfg.inner == Inner(steps=7)
+    assert "inner" not in to_dict(cfg, copies=False)["stage"] and to_dict(cfg)["stage"]["inner"]["steps"] == 7
+    assert [leaf.key for leaf in leaves(cfg)] == ["inner.steps", "inner.lr", "inner.betas", "inner.name",
+                                                  "stage.model", "stage.flag"]
+    with pytest.raises(VqgenError, match=r"^command line: --stage\.inner: one inner for all; set inner$"):
+        load_config(Both, None, ["--stage.inner.steps=3"])
+    path = tmp_path / "both.yaml"
+    path.write_text("stage:\n  inner:\n    lr: 0.5\n")
+    with pytest.raises(VqgenError, match=rf"^{re.escape(str(path))}: stage\.inner: one inner"):
+        load_config(Both, path)

@@ -7,9 +7,9 @@ import pytest
 import yaml
 
 from vqgen.cli import main
-from vqgen.config import parse_overrides
+from vqgen.config import load_config, parse_overrides
 from vqgen.errors import VqgenError
-from vqgen.pipeline import pipeline_config, resolved_yaml, stage_settings
+from vqgen.pipeline import PipelineConfig, resolved_yaml, stage_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -62,26 +62,26 @@ def test_pipeline_end_to_end_then_resume(tmp_path, capsys, fmnist_available):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_config_loads_and_its_resolved_yaml_loads_again(path, tmp_path):
-    cfg = pipeline_config(path)
+    cfg = load_config(PipelineConfig, path)
     assert cfg.tokenizer.data == cfg.data == cfg.eval.classifier.data
     (tmp_path / "config.yaml").write_text(resolved_yaml(cfg))
-    assert pipeline_config(tmp_path / "config.yaml") == cfg
+    assert load_config(PipelineConfig, tmp_path / "config.yaml") == cfg
 
 
 @pytest.mark.parametrize("key", ["tokenizer.data.max_images=5", "eval.classifier.data.spec=mnist"])
 def test_a_stage_data_section_is_refused(key, tmp_path):
     with pytest.raises(VqgenError, match=r"^command line: --[a-z.]+\.data: the pipeline uses one data set"):
-        pipeline_config(None, [f"--{key}"])
+        load_config(PipelineConfig, None, [f"--{key}"])
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(parse_overrides([f"--{key}"])))
     with pytest.raises(VqgenError, match=rf"^{path}: [a-z.]+\.data: the pipeline uses one data set"):
-        pipeline_config(path)
+        load_config(PipelineConfig, path)
 
 
 def test_stage_settings_ignore_runtime_only_keys():
-    cfg = pipeline_config()
-    chatty = pipeline_config(None, ["--prior.train.log_every=1", "--prior.train.save_every=7", "--sample.batch_size=3"])
+    cfg = load_config(PipelineConfig)
+    chatty = load_config(PipelineConfig, None, ["--prior.train.log_every=1", "--prior.train.save_every=7", "--sample.batch_size=3"])
     assert all(stage_settings(cfg, s) == stage_settings(chatty, s) for s in ("prior", "samples"))
-    longer = pipeline_config(None, ["--prior.train.steps=5"])
+    longer = load_config(PipelineConfig, None, ["--prior.train.steps=5"])
     assert stage_settings(cfg, "prior") != stage_settings(longer, "prior")
     assert stage_settings(cfg, "tokenizer") == stage_settings(longer, "tokenizer")

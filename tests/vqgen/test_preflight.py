@@ -4,8 +4,9 @@ make is made up front, naming the pipeline's keys, and a good config passes."""
 import pytest
 
 from vqgen.cli import main
+from vqgen.config import load_config
 from vqgen.errors import VqgenError
-from vqgen.pipeline import pipeline_config
+from vqgen.pipeline import PipelineConfig
 from vqgen.preflight import check_pipeline
 
 # 2 classes x 16 images of 16x16: 24 train, 8 val (= test) images.
@@ -16,7 +17,7 @@ SMALL = ["--data.image_size=16", "--data.val_fraction=0.25", "--tokenizer.preset
 
 
 def config(folder, *changes: str):
-    return pipeline_config(None, [f"--data.spec=folder:{folder}", *SMALL, *changes])
+    return load_config(PipelineConfig, None, [f"--data.spec=folder:{folder}", *SMALL, *changes])
 
 
 def test_a_good_config_passes(folder):
