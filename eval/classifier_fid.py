@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from eval.classifier import Classifier, classifier_folder, load_classifier
-from eval.fid import data_batches, frechet_distance, inception_score, reference_split, stats_of
+from eval.data_stats import data_batches, reference_split
 from eval.inception import require_finite
 from eval.samples import SampleFolder, check_reference_format
+from eval.scores import frechet_distance, inception_score, stats_of
 from vqgen.data import DataConfig
 from vqgen.runs import sha256_file
 

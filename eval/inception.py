@@ -1,4 +1,5 @@
-"""The standard FID network: TF Inception 2015-12-05, its 2048-d pool features and 1008 logits.
+"""The standard FID network: TF Inception 2015-12-05, its 2048-d pool features, its spatial features
+for sFID and its 1008 logits.
 
 Every published FID since Heusel et al. (2017, TTUR) uses this one TensorFlow graph; its ports
 differ only in file format and in how they expect their input:
@@ -13,7 +14,13 @@ differ only in file format and in how they expect their input:
   by `F.interpolate(bilinear, align_corners=False)` and scaled to [-1, 1] (pytorch-fid's own choice).
 
 Each source is fed exactly its own convention, recorded in `InceptionFeatures.resize` so that a
-reference statistic and the samples scored against it are known to match. The two `.pth` files
+reference statistic and the samples scored against it are known to match.
+
+The spatial features are the ADM evaluator's for sFID (Nash et al. 2021; guided-diffusion
+`evaluations/evaluator.py`): the first 7 channels of the graph's `mixed_6/conv` (Mixed_6d's 1x1
+branch, after its ReLU), 17x17 each, flattened in TF's (h, w, c) order as ADM's reference batches
+store them. Both ports expose that layer: fid-helper's TorchScript keeps the graph's names
+(`net.layers.mixed_6.conv`), and `TFInception` is `Mixed_6d.branch1x1`. The two `.pth` files
 load into `TFInception`, built from torchvision's Inception blocks with pytorch-fid's patches
 (modified from mseitzer/pytorch-fid `src/pytorch_fid/inception.py`, Apache-2.0).
 
@@ -23,17 +30,20 @@ and last pytorch-fid's released file downloaded into the hub cache.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 import torchvision
+from einops import rearrange
 from torch import nn
 from torchvision.models import inception as tv_inception
 from tqdm.auto import tqdm
@@ -51,6 +61,8 @@ URL_ENV = "VQGEN_INCEPTION_URL"  # a mirror of PYTORCH_FID_URL, for machines tha
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_CLASSES = 1008
+SPATIAL_CHANNELS, SPATIAL_SIDE = 7, 17  # ADM's `mixed_6/conv:0`[..., :7] on a 299x299 input
+NUM_SPATIAL = SPATIAL_CHANNELS * SPATIAL_SIDE * SPATIAL_SIDE
 
 
 @dataclass(frozen=True)
@@ -211,7 +223,8 @@ class _FIDInceptionE(tv_inception.InceptionE):
 
 class TFInception(torchvision.models.Inception3):
     """The TF 2015-12-05 graph in torchvision's module names (the key layout of pytorch-fid's and
-    torch-fidelity's weight files). `pool(x)`: (B, 3, 299, 299) in [-1, 1] -> (B, 2048)."""
+    torch-fidelity's weight files). `activations(x)`: (B, 3, 299, 299) in [-1, 1] -> pool (B, 2048)
+    and mixed_6/conv (B, 192, 17, 17)."""
 
     def __init__(self):
         super().__init__(num_classes=NUM_CLASSES, aux_logits=False, init_weights=False)
@@ -225,22 +238,49 @@ class TFInception(torchvision.models.Inception3):
         self.Mixed_7b = _FIDInceptionE(1280, max_pool=False)
         self.Mixed_7c = _FIDInceptionE(2048, max_pool=True)
 
-    def pool(self, x: torch.Tensor) -> torch.Tensor:
+    def activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
         x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c", "6d", "6e", "7a", "7b", "7c"):
+        for name in ("5b", "5c", "5d", "6a", "6b", "6c"):
             x = getattr(self, f"Mixed_{name}")(x)
-        return self.avgpool(x).flatten(1)
+        spatial = self.Mixed_6d.branch1x1(x)  # TF's mixed_6/conv; computed again inside Mixed_6d (1x1: cheap)
+        for name in ("6d", "6e", "7a", "7b", "7c"):
+            x = getattr(self, f"Mixed_{name}")(x)
+        return self.avgpool(x).flatten(1), spatial
+
+
+class _SplitHelperNet(nn.Module):
+    """fid-helper's scripted network, its layers called one by one so that mixed_6/conv's output comes
+    out beside the pool features (its own forward returns the pool features only)."""
+
+    def __init__(self, layers: nn.Module):
+        super().__init__()
+        names = [name for name, _ in layers.named_children()]
+        cut = names.index("mixed_6")
+        self.stem = nn.ModuleList([getattr(layers, name) for name in names[:cut]])
+        self.mixed_6 = layers.mixed_6
+        self.head = nn.ModuleList([getattr(layers, name) for name in names[cut + 1:]])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for layer in self.stem:
+            x = layer(x)
+        spatial = self.mixed_6.conv(x)
+        x = self.mixed_6(x)
+        for layer in self.head:
+            x = layer(x)
+        return x.flatten(1), spatial  # pool2 is (B, 2048, 1, 1)
 
 
 def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module, torch.Tensor | None]:
-    """The pool-feature network and the logit matrix (K=1008, 2048), None where the file has none."""
+    """The network, x -> (pool (B, 2048), mixed_6/conv (B, 192, 17, 17)), and the logit matrix
+    (K=1008, 2048), None where the file has none."""
     if source.kind == "fid-helper":
         # A file shipped inside an installed package (sha1-checked above), not a user's pickle.
         # Freezing inlines the scripted modules (weights become constants on `device`); it changes
         # no output bit and runs faster on CPU. Channels-last convolutions are ~15% faster on CPU
         # (bench/inception.py) and are what cuDNN prefers too.
-        net = torch.jit.load(str(source.path), map_location=device).eval().to(memory_format=torch.channels_last)
+        scripted = torch.jit.load(str(source.path), map_location=device).eval()
+        net = torch.jit.script(_SplitHelperNet(scripted.net.layers)).eval().to(memory_format=torch.channels_last)
         return torch.jit.freeze(net), None
     net = TFInception()
     state = torch.load(source.path, map_location="cpu", weights_only=True)
@@ -248,13 +288,26 @@ def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module
         net.load_state_dict(state)
     except RuntimeError as err:
         raise VqgenError(f"{source.path}: not a TF Inception 2015-12-05 state dict ({str(err)[:200]})") from None
-    return net.eval().to(device, memory_format=torch.channels_last), net.fc.weight.detach().clone().to(device)
+    fc = net.fc.weight.detach().clone().to(device)
+    return _Activations(net).eval().to(device, memory_format=torch.channels_last), fc
+
+
+class _Activations(nn.Module):
+    """`TFInception.activations` as a module's forward, as the scripted network has it."""
+
+    def __init__(self, net: TFInception):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.activations(x)
 
 
 class InceptionFeatures(nn.Module):
     """FID features of uint8 images; a torchmetrics custom feature module (`num_features`).
 
     forward(images (B, C, H, W) uint8 in [0, 255], C = 1 or 3, any H, W) -> features (B, 2048) float32.
+    `activations(images)` -> those features and the spatial ones (B, 2023) float32, from one pass.
     `logits(features)` -> (B, 1008), the unbiased logits (fc without its bias, as the original
     improved-GAN Inception Score code and StyleGAN3's `no_output_bias` use).
     """
@@ -284,10 +337,14 @@ class InceptionFeatures(nn.Module):
         return network_input(images, self.source)
 
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def activations(self, images: torch.Tensor) -> Activations:
         x = self.preprocess(images.to(self.fc.device)).contiguous(memory_format=torch.channels_last)
-        features = self.net(x) if self.source == "fid-helper" else self.net.pool(x)
-        return features.reshape(-1, NUM_FEATURES).float()
+        pool, mixed_6_conv = self.net(x)
+        spatial = rearrange(mixed_6_conv[:, :SPATIAL_CHANNELS], "b c h w -> b (h w c)")
+        return Activations(pool.reshape(-1, NUM_FEATURES).float(), spatial.float())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.activations(images).features
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         if not self.has_logits:
@@ -295,16 +352,30 @@ class InceptionFeatures(nn.Module):
         return features.to(self.fc) @ self.fc.T
 
 
+def network_loader(source: WeightSource, device: str | torch.device | None = None) -> Callable[[], InceptionFeatures]:
+    """The network of `source`, loaded on the first call only: statistics found in the cache need none."""
+    return functools.cache(lambda: InceptionFeatures(source, device))
+
+
 def inception_score_unavailable(source: str) -> str:
     """The one line a report prints where IS cannot be computed."""
     return f"IS: unavailable (no Inception logits in {source})"
 
 
-@dataclass
-class Extracted:
-    """Features (N, 2048) float32 and unbiased logits (N, 1008), None without logits."""
+class Activations(NamedTuple):
+    """Pool features (B, 2048) and spatial features (B, 2023), float32."""
 
     features: torch.Tensor
+    spatial: torch.Tensor
+
+
+@dataclass
+class Extracted:
+    """Features (N, 2048), spatial features (N, 2023) float32 and unbiased logits (N, 1008), None
+    without logits."""
+
+    features: torch.Tensor
+    spatial: torch.Tensor
     logits: torch.Tensor | None
 
 
@@ -312,19 +383,22 @@ def extract_features(
     model: InceptionFeatures, batches: Iterable[torch.Tensor], total: int | None = None, desc: str = "inception"
 ) -> Extracted:
     """Run `model` over uint8 (B, C, H, W) batches with a tqdm bar; results on the CPU."""
-    features, logits = [], []
+    features, spatial, logits = [], [], []
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         for images in batches:
-            f = model(images)
-            features.append(f.cpu())
+            out = model.activations(images)
+            features.append(out.features.cpu())
+            spatial.append(out.spatial.cpu())
             if model.has_logits:
-                logits.append(model.logits(f).cpu())
+                logits.append(model.logits(out.features).cpu())
             bar.update(len(images))
     if not features:
         raise VqgenError(f"{desc}: no images to score; check the image folder or data spec")
-    extracted = Extracted(torch.cat(features), torch.cat(logits) if logits else None)
+    extracted = Extracted(torch.cat(features), torch.cat(spatial), torch.cat(logits) if logits else None)
+    logger.info("Inception pass: %s, %d images", desc, len(extracted.features))
     damaged = "the weight file is damaged: delete it (or pass another --inception-weights)"
     require_finite(extracted.features, f"{desc}: the Inception features of {model.weights.path}", damaged)
+    require_finite(extracted.spatial, f"{desc}: the Inception spatial features of {model.weights.path}", damaged)
     if extracted.logits is not None:
         require_finite(extracted.logits, f"{desc}: the Inception logits of {model.weights.path}", damaged)
     return extracted

@@ -1,7 +1,8 @@
 """Tokenizer metrics: PSNR, SSIM and codebook usage over a split, and rFID of its reconstructions.
 
 rFID (as in LlamaGen's tokenizer tables) is the FID of reconstructed val images against the same
-val images, with the standard Inception network (eval/inception.py).
+val images, with the standard Inception network (eval/inception.py). The originals' statistics are
+those of any data split, so they come from the statistics cache (eval/cache.py) when it is given.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from eval.fid import BATCH_SIZE, frechet_distance, protocol, stats_of
-from eval.inception import InceptionFeatures, extract_features
+from eval.cache import StatsCache
+from eval.data_stats import BATCH_SIZE, data_batches, protocol, split_stats
+from eval.inception import extract_features, find_weights, network_loader
+from eval.scores import frechet_distance
 from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores
 from stage1_vqvae.load import load_tokenizer, tokenizer_folder
 from stage1_vqvae.model import VQVAE
-from vqgen.data import DataConfig, load_images
+from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
 from vqgen.pixels import to_uint8
 from vqgen.runs import (
@@ -41,41 +44,46 @@ def tokenizer_metrics(tokenizer: VQVAE, data: DataConfig, split: str = "val", ba
     return {name: scores[name] for name in ("psnr", "ssim", "usage", "perplexity", "n_images")} | {"split": split}
 
 
-def _image_pairs(tokenizer: VQVAE, data: DataConfig, split: str, n: int):
-    """uint8 batches of originals and of their reconstructions, for the first n images."""
-    dataset = load_images(data, split)
-    subset = Subset(dataset, range(min(n, len(dataset))))
-    originals, recons = [], []
-    for batch in DataLoader(subset, batch_size=BATCH_SIZE):
-        images = batch["image"].to(tokenizer.device)
-        originals.append(to_uint8(images))
+@torch.no_grad()
+def reconstructions(tokenizer: VQVAE, dataset: ImageDataset, n: int) -> list[torch.Tensor]:
+    """uint8 (B, C, H, W) batches of the reconstructions of the first n images of `dataset`."""
+    recons = []
+    for batch in DataLoader(Subset(dataset, range(n)), batch_size=BATCH_SIZE):
+        images = batch["image"].to(tokenizer.device)  # the float images, as training saw them
         recons.append(to_uint8(tokenizer.decode_codes(tokenizer.encode(images))))
-    return originals, recons
+    return recons
 
 
-def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None = None, split: str = "val") -> dict:
-    """FID of the reconstructions of the first n images of `split` against those images."""
-    model = InceptionFeatures(weights)
-    originals, recons = _image_pairs(tokenizer, data, split, n)
-    count = sum(len(b) for b in originals)
-    real = extract_features(model, originals, count, desc="rFID originals").features
-    fake = extract_features(model, recons, count, desc="rFID reconstructions").features
-    return {"rfid": frechet_distance(stats_of(real, {"n": count}), fake), "rfid_n": count, **protocol(model)}
+def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None = None, split: str = "val",
+         cache: StatsCache | None = None) -> dict:
+    """FID of the reconstructions of the first n images of `split` against those images (whose
+    statistics come from `cache` when it holds them)."""
+    source = find_weights(weights)
+    network = network_loader(source)
+    dataset = load_images(data, split)
+    count = min(n, len(dataset))
+    real = split_stats(network, source, dataset, count, cache)
+    fake = extract_features(network(), reconstructions(tokenizer, dataset, count), count, desc="rFID reconstructions")
+    return {"rfid": frechet_distance(real, fake.features), "rfid_n": count, **protocol(source)}
 
 
 def save_side_by_side(tokenizer: VQVAE, data: DataConfig, path: Path, n: int = 64, cols: int = 8) -> None:
     """Rows of `cols` pairs: each val image, then its reconstruction at its right."""
-    originals, recons = (torch.cat(batches).float() / 255.0 for batches in _image_pairs(tokenizer, data, "val", n))
+    dataset = load_images(data, "val")
+    n = min(n, len(dataset))
+    originals = torch.cat(list(data_batches(dataset, n))).float() / 255.0
+    recons = torch.cat(reconstructions(tokenizer, dataset, n)).float() / 255.0
     save_reconstruction_grid(originals, recons, path, cols, layout="beside")
 
 
 def reconstruct(
     tokenizer: str | Path, data: DataConfig, out: str | Path, n: int = 64, weights: str | Path | None = None,
-    rfid_n: int = 0,
+    rfid_n: int = 0, cache: StatsCache | None = None,
 ) -> dict[str, Any]:
     """`vqgen reconstruct`: OUT/reconstructions.png (n val images, each beside its reconstruction) and
-    OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n). OUT is
-    written whole, as a new folder or over one reconstruct wrote before."""
+    OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n; the
+    originals' statistics from `cache` when it holds them). OUT is written whole, as a new folder or
+    over one reconstruct wrote before."""
     out = Path(out)
     if n < 1 or rfid_n < 0:
         raise VqgenError(f"reconstruct: need --n >= 1 and --rfid-n >= 0 (0: --n); got {n} and {rfid_n}")
@@ -83,7 +91,7 @@ def reconstruct(
     with claim_output(out, "reconstruct"), disk_full_is_user_error(out, REPLACED_WHOLE), \
             atomic_path(out, is_dir=True) as tmp:
         save_side_by_side(model, data, tmp / "reconstructions.png", n)
-        metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights)
+        metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights, cache=cache)
         metrics["tokenizer_sha256"] = sha256_file(tokenizer_folder(tokenizer) / "model.safetensors")
         write_json(tmp / "metrics.json", metrics)
     logger.info("wrote %s and %s", out / "reconstructions.png", out / "metrics.json")

@@ -2,7 +2,9 @@
 
 An FID means nothing without its protocol (Parmar et al. 2022, "On Aliased Resizing and Surprising
 Subtleties in GAN Evaluation"): the network and its weight file, the resize, N of samples and of
-reference images, the reference split and its class balance are written beside the scores.
+reference images, the reference split and its class balance are written beside the scores. Each
+score the real-data floor (eval/floor.py) has too is written with it, as in
+"41.2000 (real data at N = 1,000: 19.5000)".
 """
 
 from __future__ import annotations
@@ -17,16 +19,56 @@ from pathlib import Path
 from typing import Any
 
 from vqgen.errors import VqgenError
-from vqgen.markdown import table
+from vqgen.markdown import cell, table
 from vqgen.runs import OutputLock, atomic_path, write_json
 
 REPORT_KEYS = ("fid", "network", "weights_sha", "reference")  # what every `vqgen fid` report holds
+FLOOR_KEYS = ("fid", "sfid", "kid_mean", "precision", "recall", "density", "coverage")  # scores the floor has
+# What `vqgen fid` prints, in this order: the scores, then why a score is missing.
+LINE_KEYS = ("fid", "sfid", "kid_mean", "kid_std", "kid", "precision", "recall", "density", "coverage",
+             "precision_recall", "is_mean", "is_std", "is", "n_samples")
+PROTOCOL_KEYS = {"network", "weights_source", "weights_path", "weights_sha", "resize", "samples", "reference",
+                 "reference_meta", "n_samples", "pr_n", "pr_k", "real_data"}
 
 
 def _class_balance(counts: list[int] | None) -> str:
     if not counts:
         return "unlabelled"
     return f"{len(counts)} classes, {min(counts)}-{max(counts)} images per class"
+
+
+def with_floor(result: dict[str, Any], key: str, float_format: str = ".4f") -> Any:
+    """result[key], written with the real-data floor's own value where it has one:
+    '41.2000 (real data at N = 1,000: 19.5000)'."""
+    value, floor = result.get(key), result.get("real_data")
+    if key in FLOOR_KEYS and isinstance(value, float) and isinstance(floor, dict) and isinstance(floor.get(key), float):
+        return f"{value:{float_format}} (real data at N = {floor['n']:,}: {floor[key]:{float_format}})"
+    return value
+
+
+def score_line(result: dict[str, Any]) -> str:
+    """The one line `vqgen fid` prints: every score, with the floor's beside it, and why one is missing."""
+    parts = [f"{key}: {cell(with_floor(result, key), '.4f')}" for key in LINE_KEYS if key in result]
+    if isinstance(result.get("real_data"), str):
+        parts.append(result["real_data"])
+    return "  ".join(parts)
+
+
+def _method_lines(result: dict[str, Any]) -> list[str]:
+    """How sFID, the nearest-neighbour metrics and the floor were measured, where they were."""
+    lines = []
+    if isinstance(result.get("sfid"), float):
+        lines.append("- sFID: the first 7 channels of mixed_6/conv (17x17 each), as the ADM evaluator")
+    if result.get("pr_n"):
+        lines.append(f"- precision/recall, density/coverage: k = {result.get('pr_k')} nearest neighbours, "
+                     f"N = {result['pr_n']:,} images a side (a seeded random subset of the larger side)")
+    floor = result.get("real_data")
+    if isinstance(floor, dict):
+        lines.append(f"- real data: the first N = {floor['n']:,} {floor['split']} images of the reference's data, "
+                     "scored as the samples against the same reference")
+    elif isinstance(floor, str):
+        lines.append(f"- {floor}")
+    return lines
 
 
 def protocol_lines(result: dict[str, Any]) -> list[str]:
@@ -46,14 +88,13 @@ def protocol_lines(result: dict[str, Any]) -> list[str]:
                      f"{data.get('channels') or 'as stored'}, resize = {data.get('resize')}")
     if not ref:
         lines.append("- reference protocol: unknown (third-party statistics without a sidecar)")
-    return lines
+    return lines + _method_lines(result)
 
 
-def score_rows(metrics: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The scores (numbers and 'unavailable' lines), protocol fields left out."""
-    skip = {"network", "weights_source", "weights_path", "weights_sha", "resize", "samples", "reference",
-            "reference_meta", "n_samples"}
-    return [(key, value) for key, value in metrics.items() if key not in skip]
+def score_rows(metrics: dict[str, Any], float_format: str = ".4f") -> list[tuple[str, Any]]:
+    """The scores (numbers, with the floor's beside them, and 'unavailable' lines), protocol fields
+    left out."""
+    return [(key, with_floor(metrics, key, float_format)) for key in metrics if key not in PROTOCOL_KEYS]
 
 
 def report_paths(out: str | Path) -> tuple[Path, Path]:
@@ -73,7 +114,7 @@ def write_report(out: str | Path, metrics: dict[str, Any], title: str = "vqgen e
     text = "\n".join([
         f"# {title}", "", *table(score_rows(metrics), float_format=".4f"),
         "## Protocol", "", *protocol_lines(metrics), "",
-        "Inception numbers (FID, KID, IS) and classifier numbers (\"classifier FID (<data> CNN)\") come from "
+        "Inception numbers (FID, sFID, KID, precision/recall, density/coverage, IS) and classifier numbers (\"classifier FID (<data> CNN)\") come from "
         "different networks and are never comparable with each other.", "",
     ])
     with written(json_path, "the report's metrics"):

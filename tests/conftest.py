@@ -21,6 +21,13 @@ def fmnist_available() -> bool:
 
 
 @pytest.fixture(autouse=True)
+def private_stats_cache(tmp_path_factory, monkeypatch):
+    # vqgen caches Inception statistics per user ($VQGEN_CACHE, eval/cache.py): no test reads or
+    # fills the real ~/.cache/vqgen, and none sees another test's entries.
+    monkeypatch.setenv("VQGEN_CACHE", str(tmp_path_factory.mktemp("vqgen-cache")))
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     # Tiny convolutions and matmuls: a second OpenMP thread costs more than it gives, and on a
     # shared 2-core machine threads that spin against other processes made steps 10x slower.

@@ -10,19 +10,12 @@ import torch
 from PIL import Image
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from eval.fid import (
-    RefStats,
-    check_protocol,
-    fid,
-    fid_ref,
-    frechet_distance,
-    kernel_distance,
-    protocol,
-    ref_data_config,
-    stats_of,
-)
+from eval.data_stats import protocol
+from eval.fid import check_protocol, fid, fid_ref, ref_data_config
 from eval.inception import InceptionFeatures
+from eval.reference import RefStats
 from eval.samples import image_format
+from eval.scores import frechet_distance, kernel_distance, stats_of
 from vqgen.cli import main
 from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
@@ -125,7 +118,7 @@ def helper_model():
 
 
 def test_check_protocol_refuses_another_network_or_resize(helper_model, caplog):
-    same = protocol(helper_model)
+    same = protocol(helper_model.weights)
     check_protocol(same, helper_model.weights, "ref.npz")
     for change in ({"weights_sha": "0" * 64, "weights_source": "pytorch-fid"}, {"resize": "PIL bicubic"}):
         with pytest.raises(VqgenError, match="ref.npz: made with .* pass the same --inception-weights"):

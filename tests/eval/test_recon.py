@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.recon import _image_pairs, reconstruct, save_side_by_side, tokenizer_metrics
+from eval.data_stats import data_batches
+from eval.recon import reconstruct, reconstructions, save_side_by_side, tokenizer_metrics
 from stage1_vqvae.model import VQVAE, VQVAEConfig
-from vqgen.data import DataConfig
+from vqgen.data import DataConfig, load_images
 
 
 @pytest.fixture
@@ -30,7 +31,8 @@ def test_each_image_sits_beside_its_reconstruction(tokenizer_dir, tmp_path):
     data = DataConfig(max_images=4)
     save_side_by_side(model, data, tmp_path / "r.png", n=4, cols=2)
     grid = np.asarray(Image.open(tmp_path / "r.png"))[..., 0]
-    originals, recons = (torch.cat(x)[:, 0].numpy() for x in _image_pairs(model, data, "val", 4))
+    val = load_images(data, "val")
+    originals, recons = (torch.cat(list(x))[:, 0].numpy() for x in (data_batches(val, 4), reconstructions(model, val, 4)))
     assert grid.shape == (2 * 33 + 1, 4 * 33 + 1)  # 2 rows of 2 pairs, 32 px tiles, 1 px padding
     tile = lambda row, col: grid[1 + 33 * row : 33 * (row + 1), 1 + 33 * col : 33 * (col + 1)]  # noqa: E731
     for i in range(4):

@@ -9,15 +9,21 @@ import numpy as np
 import pytest
 import torch
 
-from eval.fid import fid, fid_ref, protocol, stats_of
-from eval.inception import InceptionFeatures, find_weights
+from eval.data_stats import protocol
+from eval.fid import fid, fid_ref
+from eval.inception import find_weights
 from eval.reference import check_ref_out, load_ref, save_ref
+from eval.scores import stats_of
 from vqgen.data import DataConfig
 from vqgen.errors import VqgenError
 
 
-def features(n=50, seed=0):
-    return torch.randn(n, 2048, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def features(n=50, seed=0, dim=2048):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def spatial(n=50, seed=1):
+    return features(n, seed, dim=2023)  # 7 channels of mixed_6/conv, 17 x 17
 
 
 def sidecar_for(weights, size, channels, n=50):
@@ -42,14 +48,14 @@ def folder_data(root, pngs, n_test=4, size=16):
 
 
 def test_npz_round_trip(tmp_path):
-    stats = stats_of(features(), {"n": 50, "resize": "x"})
+    stats = stats_of(features(), {"n": 50, "resize": "x"}, spatial())
     save_ref(tmp_path / "ref.npz", stats)
     back = load_ref(tmp_path / "ref.npz")
-    np.testing.assert_array_equal(back.mu, stats.mu)
-    np.testing.assert_array_equal(back.sigma, stats.sigma)
-    np.testing.assert_array_equal(back.features, stats.features)
-    assert back.mu.dtype == np.float64 and back.features.dtype == np.float32 and back.meta == stats.meta
-    assert sorted(np.load(tmp_path / "ref.npz").files) == ["features", "mu", "sigma"]
+    for key in ("mu", "sigma", "features", "mu_s", "sigma_s"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(stats, key))
+    assert back.mu.dtype == back.sigma_s.dtype == np.float64 and back.features.dtype == np.float32
+    assert back.meta == stats.meta
+    assert sorted(np.load(tmp_path / "ref.npz").files) == ["features", "mu", "mu_s", "sigma", "sigma_s"]
 
 
 def test_third_party_npz_gives_mu_and_sigma_only(tmp_path):
@@ -64,20 +70,20 @@ def test_third_party_npz_gives_mu_and_sigma_only(tmp_path):
         load_ref(tmp_path / "bad.npz")
 
 
-def test_adm_reference_batch_reads_only_mu_and_sigma(tmp_path):
-    full = stats_of(features(60), {})
+def test_adm_reference_batch_reads_its_statistics_not_its_images(tmp_path):
+    full = stats_of(features(60), {}, spatial(60))
     # An ADM reference batch (guided-diffusion evaluations/): arr_0 holds the images (there ~2 GB),
-    # mu_s/sigma_s the spatial statistics for sFID. Here 100 MB of images, compressed on disk.
-    images = np.zeros((512, 256, 256, 3), dtype=np.uint8)
+    # mu_s/sigma_s the spatial statistics for sFID. Here 200 MB of images, compressed on disk.
+    images = np.zeros((1024, 256, 256, 3), dtype=np.uint8)
     np.savez_compressed(tmp_path / "VIRTUAL_ref.npz", arr_0=images, mu=full.mu, sigma=full.sigma,
-                        mu_s=np.ones(4), sigma_s=np.eye(4))
+                        mu_s=full.mu_s, sigma_s=full.sigma_s)
     tracemalloc.start()
     back = load_ref(tmp_path / "VIRTUAL_ref.npz")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 60_000_000  # sigma is 33.5 MB; arr_0 (100 MB) was never read
-    np.testing.assert_array_equal(back.mu, full.mu)
-    np.testing.assert_array_equal(back.sigma, full.sigma)
+    assert peak < 120_000_000  # sigma and sigma_s are 66 MB; arr_0 (200 MB) was never read
+    for key in ("mu", "sigma", "mu_s", "sigma_s"):
+        np.testing.assert_array_equal(getattr(back, key), getattr(full, key))
     assert back.features is None
 
 
@@ -117,6 +123,18 @@ def _broken(stats, damage):
 ])
 def test_a_broken_reference_is_refused_naming_the_file_and_the_fix(tmp_path, damage, message):
     np.savez(tmp_path / "ref.npz", **_broken(stats_of(features(), {}), damage))
+    with pytest.raises(VqgenError, match=rf"ref.npz: {message}.*make it again with `vqgen fid-ref`"):
+        load_ref(tmp_path / "ref.npz")
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"mu_s": np.ones(4), "sigma_s": np.eye(4)}, r"'mu_s' has shape \(4,\), Inception statistics need \(2023,\)"),
+    ({"sigma_s": np.eye(2023)}, "has one of 'mu_s' and 'sigma_s' without the other"),
+    ({"mu_s": np.zeros(2023), "sigma_s": np.triu(np.ones((2023, 2023)))}, "'sigma_s' is not a covariance"),
+])
+def test_broken_spatial_statistics_are_refused(tmp_path, arrays, message):
+    stats = stats_of(features(), {})
+    np.savez(tmp_path / "ref.npz", mu=stats.mu, sigma=stats.sigma, **arrays)
     with pytest.raises(VqgenError, match=rf"ref.npz: {message}.*make it again with `vqgen fid-ref`"):
         load_ref(tmp_path / "ref.npz")
 
@@ -212,7 +230,7 @@ def test_an_earlier_reference_is_replaced(tmp_path, pngs, random_pth):
     stats = fid_ref(data, "test", out, weights=random_pth, n=3)
     assert load_ref(out).meta == stats.meta and stats.meta["n"] == 3
     assert stats.meta["data"]["channels"] == 1  # as loaded, not 0 ("as stored"): samples are checked against it
-    assert stats.meta == {**protocol(InceptionFeatures(random_pth, device="cpu")), **{
+    assert stats.meta == {**protocol(find_weights(random_pth)), **{
         k: stats.meta[k] for k in ("n", "data", "split", "class_counts")}}
 
 
