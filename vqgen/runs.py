@@ -245,7 +245,9 @@ def disk_full_is_user_error(path: str | Path, intact: str) -> Iterator[None]:
 
 def disk_full_errno(err: BaseException | None) -> int | None:
     """The disk-full errno anywhere in an exception chain; pyarrow and safetensors put it only in the message."""
-    while err is not None:
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:  # a chain may loop back on itself
+        seen.add(id(err))
         code = _errno(err)
         if code in DISK_FULL:
             return code
@@ -261,7 +263,6 @@ def _errno(err: BaseException) -> int | None:
         found = re.search(r"\(os error (\d+)\)", str(err))
         return int(found.group(1)) if found else None
     return None
-
 
 
 class MetricsLog:

@@ -1,3 +1,4 @@
+import errno
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from vqgen.runs import (
     MetricsLog,
     atomic_path,
     claim_output,
+    disk_full_errno,
     disk_full_is_user_error,
     read_json,
     run_stage,
@@ -274,3 +276,11 @@ def test_reconstruct_checks_its_request_and_its_folder_before_any_work(tmp_path)
     with pytest.raises(VqgenError, match="holds files vqgen did not write"):
         reconstruct(tmp_path / "t", DataConfig(), folder)
     assert sorted(p.name for p in folder.iterdir()) == ["NOTES"]
+
+
+def test_disk_full_errno_ends_on_an_exception_chain_that_loops_back():
+    first, second = ValueError("outer"), KeyError("inner")
+    first.__context__, second.__context__ = second, first  # Python allows such a loop
+    assert disk_full_errno(first) is None
+    second.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert disk_full_errno(first) == errno.ENOSPC
