@@ -33,6 +33,7 @@ import yaml
 
 from vqgen import __version__
 from vqgen.config import Leaf, Rule, help_of, leaves, load_config, parse_overrides, rule_of
+from vqgen.cpu_threads import configure_cpu_threads
 from vqgen.errors import VqgenError
 
 DESCRIPTION = ("Two-stage image generation. A VQ-VAE tokenizer turns images into grids of codes; a prior (a GPT, "
@@ -405,6 +406,7 @@ def _echo(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_cpu_threads()  # before anything imports torch: OpenMP reads its settings once, at load
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     stray = [a for a in rest if not (a.startswith("--") and "=" in a)]
