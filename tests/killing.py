@@ -18,8 +18,8 @@ class KillAtCall:
         super().__init__(*args, **kwargs)
         self.calls, self.kill_at_call = 0, kill_at_call
 
-    def training_step(self, model, batch):
+    def training_step(self, model, batch, *info):  # info: the StepInfo of a task with several networks
         self.calls += 1
         if self.calls == self.kill_at_call:
             raise Killed
-        return super().training_step(model, batch)
+        return super().training_step(model, batch, *info)

@@ -9,6 +9,14 @@ A checkpoint folder (`checkpoints/step_XXXXXXXX/`) holds:
                            an EMA, the optimizer's param groups, the learning-rate schedule, the fp16 loss scaler
     rng_<i>.json           process i's random generators: Python, NumPy, torch CPU and CUDA
 
+and for each other network a task trains (`vqgen.loop.Network`, e.g. "discriminator"):
+
+    <name>.safetensors            its weights and buffers
+    <name>.optimizer.safetensors  its optimizer's tensors
+    state.json                    its param groups, schedule and loss scaler under "networks" -> "<name>"
+
+A run of one network writes exactly the files and keys it wrote before networks were added (format 1).
+
 Accelerate's `save_state`/`load_state` would pickle most of this: `torch.save` for the optimizer and the
 random states, and `register_for_checkpointing`'s states load with `weights_only=False`, so a file planted
 in a shared run folder runs code on `--resume`. It also skips an unreadable random-state file without a
@@ -42,8 +50,10 @@ from vqgen.errors import VqgenError
 
 logger = get_logger(__name__)
 FORMAT = 1
+MAIN = "model"  # the task's model, the one network of format 1
 MODEL, EMA, OPTIMIZER, STATE = "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"
 STEP_FOLDER = re.compile(r"^step_(\d{8})$")
+NETWORK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # a file-name part; never MAIN or "ema" (`check_names`)
 
 
 class CheckpointError(Exception):
@@ -57,40 +67,66 @@ class Stateful(Protocol):
 
 
 @dataclass
-class Parts:
-    """The live objects whose state a checkpoint holds."""
+class Trained:
+    """One network a run trains, with its optimizer, its learning-rate schedule and its fp16 loss scaler."""
 
+    name: str  # MAIN for the task's model
     model: torch.nn.Module  # unwrapped
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    counters: Stateful  # a JSON-able state_dict of ints
-    ema: torch.nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
+
+
+@dataclass
+class Parts:
+    """The live objects whose state a checkpoint holds."""
+
+    networks: list[Trained]  # the task's model (named MAIN) first
+    counters: Stateful  # a JSON-able state_dict of ints
+    ema: torch.nn.Module | None = None  # of the task's model
+
+
+@dataclass
+class LoadedNetwork:
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any] | None
 
 
 @dataclass
 class Loaded:
     """A checkpoint read into memory and checked against the live objects, not yet applied."""
 
-    model: dict[str, torch.Tensor]
+    networks: list[LoadedNetwork]  # in the order of Parts.networks
     ema: dict[str, torch.Tensor] | None
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
     counters: dict[str, Any]
-    scaler: dict[str, Any] | None
     rng: dict[str, Any] | None
+
+
+def check_names(names: list[str]) -> None:
+    """Network names make file names: MAIN first, then distinct names of lowercase letters, digits and _."""
+    assert names[0] == MAIN and len(set(names)) == len(names), names
+    assert all(NETWORK_NAME.match(name) and name != "ema" for name in names), names
+
+
+def _files(name: str) -> tuple[str, str]:
+    """The weights and optimizer files of the network `name`."""
+    return (MODEL, OPTIMIZER) if name == MAIN else (f"{name}.safetensors", f"{name}.optimizer.safetensors")
 
 
 def save(folder: Path, parts: Parts, process_index: int, num_processes: int) -> None:
     """Write `parts` into `folder`: process 0 writes the shared state, every process its random generators."""
     folder.mkdir(parents=True, exist_ok=True)
     if process_index == 0:
-        _write(folder / MODEL, save_tensors(_cpu(parts.model.state_dict())))
+        for net in parts.networks:
+            weights, optimizer = _files(net.name)
+            _write(folder / weights, save_tensors(_cpu(net.model.state_dict())))
+            state = net.optimizer.state_dict()["state"]
+            tensors = {f"{i}.{name}": value for i, named in state.items() for name, value in named.items()}
+            _write(folder / optimizer, save_tensors(_cpu(tensors)))
         if parts.ema is not None:
             _write(folder / EMA, save_tensors(_cpu(parts.ema.state_dict())))
-        optimizer = parts.optimizer.state_dict()
-        tensors = {f"{i}.{name}": value for i, named in optimizer["state"].items() for name, value in named.items()}
-        _write(folder / OPTIMIZER, save_tensors(_cpu(tensors)))
         _write(folder / STATE, _json_bytes(_state_json(parts, num_processes), indent=1))  # to be read by people
     _write(folder / f"rng_{process_index}.json", _json_bytes(_rng_state()))
 
@@ -169,27 +205,35 @@ def read(folder: Path, parts: Parts, process_index: int) -> Loaded:
     if parts.ema is not None and state["ema"]:  # else the run turned the EMA on now: it starts from the model
         ema = _read_tensors(folder / EMA, parts.ema.state_dict())
     return Loaded(
-        model=_read_tensors(folder / MODEL, parts.model.state_dict()),
+        networks=[_read_network(folder, net, entry) for net, entry in zip(parts.networks, _entries(state, parts))],
         ema=ema,
-        optimizer={"state": _read_optimizer_tensors(folder / OPTIMIZER, parts.optimizer),
-                   "param_groups": state["param_groups"]},
-        scheduler=state["scheduler"],
         counters=state["counters"],
-        scaler=state["scaler"],
         rng=_read_rng(folder, process_index, state["processes"]),
+    )
+
+
+def _read_network(folder: Path, net: Trained, entry: dict[str, Any]) -> LoadedNetwork:
+    weights, optimizer = _files(net.name)
+    return LoadedNetwork(
+        weights=_read_tensors(folder / weights, net.model.state_dict()),
+        optimizer={"state": _read_optimizer_tensors(folder / optimizer, net.optimizer),
+                   "param_groups": entry["param_groups"]},
+        scheduler=entry["scheduler"],
+        scaler=entry["scaler"],
     )
 
 
 def apply(loaded: Loaded, parts: Parts) -> None:
     """Put a checked checkpoint into the live objects."""
-    parts.model.load_state_dict(loaded.model)
+    for net, saved in zip(parts.networks, loaded.networks):
+        net.model.load_state_dict(saved.weights)
+        net.optimizer.load_state_dict(saved.optimizer)
+        net.scheduler.load_state_dict(saved.scheduler)
+        if net.scaler is not None and saved.scaler is not None:
+            net.scaler.load_state_dict(saved.scaler)
     if parts.ema is not None:
-        parts.ema.load_state_dict(loaded.ema if loaded.ema is not None else parts.model.state_dict())
-    parts.optimizer.load_state_dict(loaded.optimizer)
-    parts.scheduler.load_state_dict(loaded.scheduler)
+        parts.ema.load_state_dict(loaded.ema if loaded.ema is not None else parts.networks[0].model.state_dict())
     parts.counters.load_state_dict(loaded.counters)
-    if parts.scaler is not None and loaded.scaler is not None:
-        parts.scaler.load_state_dict(loaded.scaler)
     if loaded.rng is not None:
         _set_rng(loaded.rng)
 
@@ -211,15 +255,30 @@ def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _state_json(parts: Parts, num_processes: int) -> dict[str, Any]:
-    return {
+    main, *others = parts.networks
+    state = {
         "format": FORMAT,
         "counters": parts.counters.state_dict(),
         "processes": num_processes,
         "ema": parts.ema is not None,
-        "param_groups": parts.optimizer.state_dict()["param_groups"],
-        "scheduler": parts.scheduler.state_dict(),
-        "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+        **_optimizer_json(main),  # at the top level, as in a run of one network
     }
+    if others:
+        state["networks"] = {net.name: _optimizer_json(net) for net in others}
+    return state
+
+
+def _optimizer_json(net: Trained) -> dict[str, Any]:
+    return {
+        "param_groups": net.optimizer.state_dict()["param_groups"],
+        "scheduler": net.scheduler.state_dict(),
+        "scaler": net.scaler.state_dict() if net.scaler is not None else None,
+    }
+
+
+def _entries(state: dict[str, Any], parts: Parts) -> list[dict[str, Any]]:
+    """Each network's part of a state.json, in the order of parts.networks."""
+    return [state, *(state["networks"][net.name] for net in parts.networks[1:])]
 
 
 def _read_state(folder: Path, parts: Parts) -> dict[str, Any]:
@@ -231,12 +290,25 @@ def _read_state(folder: Path, parts: Parts) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path.name}: not a vqgen checkpoint of format {FORMAT}")
     template = _state_json(parts, num_processes=0)
-    # The loss scaler exists under fp16 only, and mixed_precision may change on resume: checked apart.
-    saved_scaler, _ = state.pop("scaler", None), template.pop("scaler")
+    # A loss scaler exists under fp16 only, and mixed_precision may change on resume: checked apart.
+    saved_scalers = [_pop_scaler(entry) for entry in _entries_if_any(state, parts)]
+    for entry in _entries(template, parts):
+        entry.pop("scaler")
     state = _conform(state, template, STATE)
-    both = parts.scaler is not None and saved_scaler is not None
-    state["scaler"] = _conform(saved_scaler, parts.scaler.state_dict(), f"{STATE} scaler") if both else None
+    for net, entry, saved in zip(parts.networks, _entries(state, parts), saved_scalers):
+        both = net.scaler is not None and saved is not None
+        entry["scaler"] = _conform(saved, net.scaler.state_dict(), f"{STATE} {net.name} scaler") if both else None
     return state
+
+
+def _entries_if_any(state: dict[str, Any], parts: Parts) -> list[Any]:
+    """`_entries` of a state.json not yet checked: a missing part is None (refused by `_conform` next)."""
+    others = state.get("networks")
+    return [state, *(others.get(net.name) if isinstance(others, dict) else None for net in parts.networks[1:])]
+
+
+def _pop_scaler(entry: Any) -> Any:
+    return entry.pop("scaler", None) if isinstance(entry, dict) else None
 
 
 def _conform(value: Any, template: Any, where: str) -> Any:

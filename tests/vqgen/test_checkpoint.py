@@ -194,18 +194,25 @@ def test_two_processes_resume_exactly_past_a_bad_random_state(tmp_path, cpu_laun
     _assert_same(saved_weights(tmp_path / "split" / "model"), saved_weights(tmp_path / "whole" / "model"))
 
 
-def test_the_fp16_loss_scale_is_resumed(tmp_path):
+def _trained(name: str, scale: float) -> checkpoint.Trained:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+    scaler.scale(torch.ones(()))  # the scale tensor is made on first use
+    return checkpoint.Trained(name, model, optimizer, scheduler, scaler)
+
+
+@pytest.mark.parametrize("scales", [(1024.0,), (1024.0, 8.0)], ids=["one network", "two networks"])
+def test_each_fp16_loss_scale_is_resumed(tmp_path, scales):
     """Accelerate's GradScaler exists under fp16 on a GPU only; the CPU one has the same state."""
-
-    def parts(scale: float) -> checkpoint.Parts:
-        model = torch.nn.Linear(3, 2)
-        optimizer = torch.optim.AdamW(model.parameters())
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        scaler = torch.amp.GradScaler("cpu", init_scale=scale)
-        scaler.scale(torch.ones(()))  # the scale tensor is made on first use
-        return checkpoint.Parts(model, optimizer, scheduler, TrainState(), scaler=scaler)
-
-    saved, fresh = parts(1024.0), parts(2.0**16)
+    names = ["model", "discriminator"][: len(scales)]
+    saved = checkpoint.Parts([_trained(name, scale) for name, scale in zip(names, scales)], TrainState())
+    fresh = checkpoint.Parts([_trained(name, 2.0**16) for name in names], TrainState())
     checkpoint.save(tmp_path, saved, process_index=0, num_processes=1)
     checkpoint.apply(checkpoint.read(tmp_path, fresh, process_index=0), fresh)
-    assert fresh.scaler.state_dict() == saved.scaler.state_dict() and fresh.scaler.get_scale() == 1024.0
+    assert [net.scaler.get_scale() for net in fresh.networks] == list(scales)
+    assert all(a.scaler.state_dict() == b.scaler.state_dict() for a, b in zip(fresh.networks, saved.networks))
+    for net in fresh.networks:
+        assert all(torch.equal(a, b) for a, b in zip(net.model.state_dict().values(),
+                                                      saved.networks[names.index(net.name)].model.state_dict().values()))

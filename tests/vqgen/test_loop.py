@@ -12,14 +12,14 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from vqgen.errors import VqgenError
 from vqgen.loop import TrainConfig, fit
-from vqgen.loop.optim import param_groups, warmup_cosine
+from vqgen.loop.optim import param_groups, scaled_backward, scaled_step, unscale_and_clip, warmup_cosine
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from killing import Killed  # noqa: E402
 from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
 from run_tiny_fit import ScriptTask  # noqa: E402
-from tiny_task import CFG, TinyModel, TinyTask  # noqa: E402
+from tiny_task import CFG, CRITIC_OPTIMIZER, AdversarialTask, Critic, TinyModel, TinyTask  # noqa: E402
 from tiny_task import saved_weights as _weights  # noqa: E402
 
 
@@ -174,7 +174,7 @@ def test_weight_decay_only_on_matrices():
 
 
 def test_warmup_then_cosine_to_floor():
-    f = warmup_cosine(TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1))
+    f = warmup_cosine(TrainConfig(warmup_steps=10, min_lr_ratio=0.1).optimizer(), steps=100)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(100) == pytest.approx(0.1) and f(10) > f(50) > f(99)
 
@@ -191,7 +191,7 @@ SCHEDULES = {
 @pytest.mark.parametrize("settings,expected", SCHEDULES.values(), ids=SCHEDULES.keys())
 def test_schedule_multipliers_are_pinned(settings, expected):
     steps, warmup_steps, min_lr_ratio = settings
-    f = warmup_cosine(TrainConfig(steps=steps, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio))
+    f = warmup_cosine(TrainConfig(warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio).optimizer(), steps)
     assert {step: f(step) for step in expected} == pytest.approx(expected, abs=1e-12, rel=0)
 
 
@@ -215,3 +215,128 @@ def test_two_processes_match_one(tmp_path, cpu_launch):
     assert losses_one == pytest.approx(losses_two, rel=1e-5)
     for name, tensor in _weights(tmp_path / "one" / "model").items():
         torch.testing.assert_close(tensor, _weights(tmp_path / "two" / "model")[name], rtol=1e-5, atol=1e-6)
+
+
+# --- a critic trained beside the model (two networks, two optimizers) ---
+
+def _rows(run: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checkpoint(run: Path, step: int) -> Path:
+    return run / "checkpoints" / f"step_{step:08d}"
+
+
+def test_a_second_network_has_its_own_optimizer_schedule_and_start(tmp_path):
+    task = AdversarialTask(start=6)
+    initial = {name: p.detach().clone() for name, p in task.critic.state_dict().items()}
+    model_dir = fit(task, dataclasses.replace(CFG, keep_checkpoints=3), tmp_path)
+    rows = [r for r in _rows(tmp_path) if "train/loss" in r]
+    # Its loss and gradient from step index 6 on (logged as step 7: the count after the update).
+    assert [r["step"] for r in rows if "train/critic_loss" in r] == list(range(7, 13))
+    assert [r["step"] for r in rows if "train/critic_grad_norm" in r] == list(range(7, 13))
+    # Each schedule follows the global step with its own settings, the critic's before its start too.
+    model_lr, critic_lr = warmup_cosine(CFG.optimizer(), CFG.steps), warmup_cosine(CRITIC_OPTIMIZER, CFG.steps)
+    assert [r["lr"] for r in rows] == pytest.approx([CFG.lr * model_lr(s) for s in range(1, 13)])
+    assert [r["critic_lr"] for r in rows] == pytest.approx([CRITIC_OPTIMIZER.lr * critic_lr(s) for s in range(1, 13)])
+    state = json.loads((_checkpoint(tmp_path, 12) / "state.json").read_text())
+    groups = state["networks"]["critic"]["param_groups"]
+    assert [g["betas"] for g in groups] == [[0.5, 0.9]] * 2 and [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert [g["betas"] for g in state["param_groups"]] == [list(CFG.betas)] * 2
+    # Not updated before its start (step 4's checkpoint), updated after it (step 8's).
+    assert all(torch.equal(initial[k], v) for k, v in _weights_of(_checkpoint(tmp_path, 4), "critic").items())
+    assert not all(torch.equal(initial[k], v) for k, v in _weights_of(_checkpoint(tmp_path, 8), "critic").items())
+    # save_pretrained writes the model alone; the critic lives in the checkpoints only.
+    assert set(_weights(model_dir)) == set(TinyModel.from_pretrained(model_dir).state_dict())
+    assert not any("critic" in f.name for f in model_dir.iterdir())
+    assert {"critic.safetensors", "critic.optimizer.safetensors"} <= {f.name for f in _checkpoint(tmp_path, 8).iterdir()}
+
+
+def _weights_of(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / f"{name}.safetensors")
+
+
+# Checkpoints at 4, 8, 12; the critic starts at step index 6. Killed in step 6 the run resumes from step 4,
+# before the start, and crosses it; killed in step 10 it resumes from step 8, after the start.
+@pytest.mark.parametrize("kill_step,grad_accum,ema", [(6, 1, 0.0), (10, 1, 0.0), (6, 2, 0.9), (10, 2, 0.9)])
+def test_resume_with_two_networks_is_exact_before_and_after_the_start(tmp_path, kill_step, grad_accum, ema):
+    cfg = dataclasses.replace(CFG, grad_accum=grad_accum, ema_decay=ema)
+    whole = fit(AdversarialTask(start=6), cfg, tmp_path / "whole")
+    with pytest.raises(Killed):
+        fit(AdversarialTask(start=6, kill_at_call=kill_step * grad_accum), cfg, tmp_path / "split")
+    resumed = fit(AdversarialTask(start=6), cfg, tmp_path / "split", resume=True)
+    for name, tensor in _weights(whole).items():
+        assert torch.equal(tensor, _weights(resumed)[name]), name
+    for file in ("critic", "critic.optimizer", "optimizer", "model"):
+        expected, got = (_weights_of(_checkpoint(tmp_path / run, 12), file) for run in ("whole", "split"))
+        assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected), file
+    assert _rows(tmp_path / "whole") == _rows(tmp_path / "split")
+
+
+def test_a_nan_loss_of_the_second_network_stops_the_run(tmp_path):
+    with pytest.raises(VqgenError, match="the loss became NaN or infinite"):
+        fit(AdversarialTask(start=2, critic_nan_at_call=7), CFG, tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000004"]
+    assert _all_finite(_weights_of(_checkpoint(tmp_path, 4), "critic"))
+
+
+def test_each_network_steps_under_its_own_loss_scale():
+    """An fp16 overflow in one network's gradients skips that network's step and halves its scale only.
+    (Accelerate's one scaler would halve the scale of both, and unscale the second by the changed scale.)"""
+    torch.manual_seed(0)
+    nets = [Critic(), Critic()]
+    optimizers = [torch.optim.AdamW(net.parameters(), lr=0.1) for net in nets]
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10) for _ in nets]
+    before = [[p.detach().clone() for p in net.parameters()] for net in nets]
+    x, y = torch.randn(4, 4), torch.randn(4)
+    for net, scaler, overflow in zip(nets, scalers, (False, True)):
+        loss = net(x, y).mean() * (1e38 if overflow else 1.0)  # scaled by 2**10 it overflows float32
+        scaled_backward(loss, scaler, grad_accum=2)
+    norms = [unscale_and_clip(list(net.parameters()), opt, scaler, math.inf)
+             for net, opt, scaler in zip(nets, optimizers, scalers)]
+    for opt, scaler in zip(optimizers, scalers):
+        scaled_step(opt, scaler)
+    assert math.isfinite(norms[0]) and not math.isfinite(norms[1])
+    assert [scaler.get_scale() for scaler in scalers] == [2.0**10, 2.0**9]
+    moved = [any(not torch.equal(a, b) for a, b in zip(old, net.parameters())) for old, net in zip(before, nets)]
+    assert moved == [True, False]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 loss scaling needs a GPU (Accelerate has no CPU scaler)")
+def test_fp16_gives_each_network_a_loss_scaler_that_resumes(tmp_path):
+    script = Path(__file__).parent / "run_tiny_fit.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    run = [sys.executable, str(script), str(tmp_path / "fp16"), "fp16", "--critic-start", "2"]
+    subprocess.run(run, env=env, check=True, timeout=300)
+    state = json.loads((tmp_path / "fp16" / "checkpoints" / "step_00000008" / "state.json").read_text())
+    model_scaler, critic_scaler = state["scaler"], state["networks"]["critic"]["scaler"]
+    assert model_scaler is not None and critic_scaler is not None
+    # Apart: the critic's scale grows on its own count of good steps (it starts later), not the model's.
+    assert model_scaler["_growth_tracker"] == 8 and critic_scaler["_growth_tracker"] == 6
+    subprocess.run([*run, "--steps", "12", "--resume"], env=env, check=True, timeout=300)
+    resumed = json.loads((tmp_path / "fp16" / "checkpoints" / "step_00000012" / "state.json").read_text())
+    assert resumed["networks"]["critic"]["scaler"]["_growth_tracker"] == 10
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_match_one_with_two_networks(tmp_path, cpu_launch):
+    script = Path(__file__).parent / "run_tiny_fit.py"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    args = [str(script), "--critic-start", "3"]
+    one = subprocess.run([sys.executable, *args, str(tmp_path / "one")], env=env, timeout=180)
+    two = subprocess.run([*cpu_launch(2), *args, str(tmp_path / "two")], env=env, timeout=180)
+    assert one.returncode == 0 and two.returncode == 0
+    rows_one, rows_two = ([r for r in _rows(tmp_path / run) if "train/loss" in r] for run in ("one", "two"))
+    assert [r["step"] for r in rows_one if "train/critic_loss" in r] == list(range(4, 9))
+    assert [r.keys() for r in rows_one] == [r.keys() for r in rows_two]
+    for key in ("train/loss", "train/critic_loss", "train/critic_grad_norm"):
+        one_values, two_values = ([r[key] for r in rows if key in r] for rows in (rows_one, rows_two))
+        assert one_values == pytest.approx(two_values, rel=1e-5), key
+    for file in ("model", "critic"):
+        expected, got = (_weights_of(_checkpoint(tmp_path / run, 8), file) for run in ("one", "two"))
+        for name, tensor in expected.items():
+            torch.testing.assert_close(tensor, got[name], rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""A tiny regression task for exercising vqgen.loop: y = x @ W + noise, with a real PreTrainedModel."""
+"""A tiny regression task for exercising vqgen.loop: y = x @ W + noise, with a real PreTrainedModel; and the
+same task with a critic trained beside the model from a start step on, as a GAN's discriminator is."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from vqgen.loop import TrainConfig
+from vqgen.loop import Network, OptimizerSettings, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from killing import KillAtCall  # noqa: E402
@@ -92,3 +93,48 @@ class Regression:
 
 class TinyTask(KillAtCall, Regression):
     """`TinyTask(kill_at_call=k)` stops like a SIGKILL in its k-th training_step."""
+
+
+class Critic(torch.nn.Module):
+    """Scores (x, y) pairs: real targets high, the model's predictions low. A plain module: a network
+    trained beside the model needs no save_pretrained."""
+
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(dim + 1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([x, y[:, None]], dim=1)).squeeze(-1)
+
+
+# Its own lr, betas, decay and schedule: none of them the model's (CFG: lr 1e-2, betas (0.9, 0.95), no decay).
+CRITIC_OPTIMIZER = OptimizerSettings(lr=5e-3, betas=(0.5, 0.9), weight_decay=0.1, warmup_steps=2, min_lr_ratio=0.5)
+
+
+class Adversarial(Regression):
+    """The regression with a hinge-loss critic from step `start` on (0-based, as StepInfo.step counts): the
+    model then also raises the critic's score of its predictions, through the critic's detached weights."""
+
+    def __init__(self, start: int = 6, critic_nan_at_call: int = -1, **kwargs):
+        super().__init__(**kwargs)
+        self.critic = Critic(self.model.config.dim)
+        self.networks = [Network("critic", self.critic, CRITIC_OPTIMIZER, loss="critic_loss")]
+        self.start, self.critic_nan_at_call = start, critic_nan_at_call
+
+    def training_step(self, model, batch, info):
+        x, y = batch["x"], batch["y"]
+        prediction = model(x)
+        result = {"loss": torch.nn.functional.mse_loss(prediction, y), "noise": torch.rand(())}
+        if info.step < self.start:
+            return result
+        frozen = {name: p.detach() for name, p in self.critic.named_parameters()}
+        result["loss"] = result["loss"] - 0.1 * torch.func.functional_call(self.critic, frozen, (x, prediction)).mean()
+        real, fake = info.networks["critic"](torch.cat([x, x]), torch.cat([y, prediction.detach()])).chunk(2)
+        critic_loss = torch.relu(1 - real).mean() + torch.relu(1 + fake).mean()
+        if self.calls == self.critic_nan_at_call:
+            critic_loss = critic_loss * float("nan")
+        return result | {"critic_loss": critic_loss}
+
+
+class AdversarialTask(KillAtCall, Adversarial):
+    """`AdversarialTask(kill_at_call=k)` stops like a SIGKILL in its k-th training_step."""

@@ -1,4 +1,5 @@
-"""The optimizer's pieces: which parameters decay, the learning-rate schedule, and the EMA of the weights."""
+"""The optimizer's pieces: which parameters decay, the learning-rate schedule, the steps under a loss
+scaler, and the EMA of the weights."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from vqgen.loop.task import TrainConfig
+from vqgen.loop.task import OptimizerSettings
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -20,21 +21,50 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def warmup_cosine(cfg: TrainConfig) -> Callable[[int], float]:
-    """lr multiplier at optimizer step s: linear warmup, then cosine to min_lr_ratio.
+def adamw(module: torch.nn.Module, settings: OptimizerSettings) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(module, settings.weight_decay), lr=settings.lr, betas=settings.betas)
+
+
+def warmup_cosine(settings: OptimizerSettings, steps: int) -> Callable[[int], float]:
+    """lr multiplier at optimizer step s of `steps`: linear warmup, then cosine to min_lr_ratio.
 
     Not transformers' get_cosine_with_min_lr_schedule_with_warmup: its warmup gives step s the multiplier
     s / warmup_steps, so the first step trains at lr 0, where ours gives (s + 1) / warmup_steps; shifting it
     one step would shift its cosine as well, so no setting of it gives today's values (pinned by a test).
     """
+    warmup, floor = settings.warmup_steps, settings.min_lr_ratio
 
     def multiplier(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+def scaled_backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None, grad_accum: int) -> None:
+    """`accelerator.backward` with a loss scaler of the caller's: the loss averaged over the micro-batches
+    of a step, scaled (fp16), backpropagated."""
+    loss = loss / grad_accum
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def unscale_and_clip(parameters: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                     scaler: torch.amp.GradScaler | None, max_norm: float) -> torch.Tensor:
+    """Clip the (unscaled) gradients of `parameters` to max_norm; their total norm before clipping."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+def scaled_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    """optimizer.step(), or under a scaler: skipped when a gradient is not finite, then the scale updated."""
+    if scaler is None:
+        optimizer.step()
+        return
+    scaler.step(optimizer)
+    scaler.update()
 
 
 class WeightEMA:

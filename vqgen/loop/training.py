@@ -1,12 +1,21 @@
 """`fit`: the loop itself. The Accelerator, the optimizer steps with accumulation and clipping, the
 metrics and evaluations, the stops on non-finite numbers or a full disk, and the final `save_pretrained`.
+
+Every network a task trains (its model, then its `networks`) goes through the same steps: one network
+is a list of one. Each has its AdamW, its schedule (a function of the global step) and, under fp16, a
+GradScaler of its own: Accelerate keeps one scaler for all optimizers and updates it after each
+optimizer's step, so a second optimizer would be unscaled by a scale the first one's step had changed
+(and `Accelerator.clip_grad_norm_` unscales every optimizer at once, so it cannot be called per network).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +32,8 @@ from vqgen import checkpoint
 from vqgen.config import check
 from vqgen.errors import VqgenError
 from vqgen.loop import batches
-from vqgen.loop.optim import WeightEMA, param_groups, warmup_cosine
-from vqgen.loop.task import TrainConfig, TrainTask
+from vqgen.loop.optim import WeightEMA, adamw, scaled_backward, scaled_step, unscale_and_clip, warmup_cosine
+from vqgen.loop.task import Network, StepInfo, TrainConfig, TrainTask
 from vqgen.runs import MetricsLog, atomic_path, claim_output, disk_full_errno, read_json, write_json
 
 logger = get_logger(__name__)
@@ -52,23 +61,64 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     with _one_line_if_disk_full(out_dir, lambda: (checkpoint.folders(out_dir) or [None])[-1]):
         _check_run_folder(task, out_dir, resume, accelerator)
     train_loader = batches.train_loader(task, cfg, accelerator.num_processes)
-    optimizer = torch.optim.AdamW(param_groups(task.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
-    model, optimizer, train_loader = accelerator.prepare(task.model, optimizer, train_loader)
-    # Stepped by us once per optimizer step: Accelerate's prepared scheduler steps once per process.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, warmup_cosine(cfg))
+    nets, train_loader = _prepare(_declared(task, cfg), cfg, accelerator, train_loader)
     state = TrainState()
-    ema = WeightEMA(accelerator.unwrap_model(model), cfg.ema_decay) if cfg.ema_decay > 0 else None
-    parts = checkpoint.Parts(accelerator.unwrap_model(model), optimizer, scheduler, state,
-                             ema=ema.model if ema else None, scaler=accelerator.scaler)
+    ema = WeightEMA(nets[0].state.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    parts = checkpoint.Parts([net.state for net in nets], state, ema=ema.model if ema else None)
     resumed_from = checkpoint.resume(accelerator, out_dir, parts) if resume else None
     if state.step >= cfg.steps and (out_dir / "model").is_dir():
         return out_dir / "model"
     val_loader = batches.val_loader(task, cfg, accelerator)
-    run = _Run(task, cfg, accelerator, model, ema, out_dir, val_loader, parts, resumed_from)
+    run = _Run(task, _training_step(task), cfg, accelerator, nets, ema, out_dir, val_loader, parts, resumed_from)
     micro_batches = batches.endless(train_loader, accelerator, start=state.step * cfg.grad_accum)
     with _one_line_if_disk_full(out_dir, lambda: run.checkpoint):
-        _train(run, optimizer, scheduler, state, micro_batches)
+        _train(run, state, micro_batches)
         return _save_final(run)
+
+
+def _declared(task: TrainTask, cfg: TrainConfig) -> list[Network]:
+    """The task's model, trained on "loss" by the `train:` optimizer, then the networks it trains beside it."""
+    declared = [Network(checkpoint.MAIN, task.model, cfg.optimizer(), "loss"), *getattr(task, "networks", [])]
+    checkpoint.check_names([network.name for network in declared])
+    return declared
+
+
+def _training_step(task: TrainTask) -> Callable[[torch.nn.Module, dict, StepInfo], dict[str, torch.Tensor]]:
+    """The task's training_step as (model, batch, StepInfo): a task without `networks` takes (model, batch)."""
+    if hasattr(task, "networks"):
+        return task.training_step
+    return lambda model, batch, info: task.training_step(model, batch)
+
+
+@dataclass
+class _Net:
+    """A network as the loop trains it."""
+
+    prepared: torch.nn.Module  # what Accelerate made of it (DDP-wrapped on several processes)
+    loss: str  # its key in training_step's result
+    state: checkpoint.Trained  # the unwrapped network, its optimizer, schedule and loss scaler
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+
+def _prepare(declared: list[Network], cfg: TrainConfig, accelerator: Accelerator,
+             train_loader: DataLoader) -> tuple[list[_Net], DataLoader]:
+    """Every network and its optimizer through one `accelerator.prepare`, with its schedule and loss scaler."""
+    optimizers = [adamw(network.module, network.optimizer) for network in declared]
+    pairs = [item for network, optimizer in zip(declared, optimizers) for item in (network.module, optimizer)]
+    *prepared, train_loader = accelerator.prepare(*pairs, train_loader)
+    nets = []
+    for i, network in enumerate(declared):
+        model, optimizer = prepared[2 * i], prepared[2 * i + 1]
+        # Stepped by us once per optimizer step: Accelerate's prepared scheduler steps once per process.
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, warmup_cosine(network.optimizer, cfg.steps))
+        # Accelerate's scaler, unused so far, for the model; a fresh copy of it (same settings) for each other.
+        scaler = accelerator.scaler if i == 0 else copy.deepcopy(accelerator.scaler)
+        trained = checkpoint.Trained(network.name, accelerator.unwrap_model(model), optimizer, scheduler, scaler)
+        nets.append(_Net(model, network.loss, trained))
+    return nets, train_loader
 
 
 def _accelerator(cfg: TrainConfig) -> Accelerator:
@@ -82,9 +132,10 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
 @dataclass
 class _Run:
     task: TrainTask
+    training_step: Callable[[torch.nn.Module, dict, StepInfo], dict[str, torch.Tensor]]
     cfg: TrainConfig
     accelerator: Accelerator
-    model: torch.nn.Module
+    nets: list[_Net]  # the task's model first
     ema: WeightEMA | None
     out_dir: Path
     val_loader: DataLoader | None
@@ -92,7 +143,7 @@ class _Run:
     checkpoint: Path | None  # the newest good checkpoint: the one resumed from, then each one saved
 
 
-def _train(run: _Run, optimizer, scheduler, state: TrainState, micro_batches: Iterator[dict]) -> None:
+def _train(run: _Run, state: TrainState, micro_batches: Iterator[dict]) -> None:
     cfg, accelerator = run.cfg, run.accelerator
     log = MetricsLog(run.out_dir / "metrics.jsonl")
     if accelerator.is_main_process:
@@ -100,17 +151,17 @@ def _train(run: _Run, optimizer, scheduler, state: TrainState, micro_batches: It
     # A context: an error closes the bar before the CLI prints it, on a line of its own.
     with tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_main_process, dynamic_ncols=True) as bar:
         started = time.time()
-        run.model.train()
+        _set_train_mode(run)
         while state.step < cfg.steps:
-            metrics = _optimizer_step(run, optimizer, micro_batches)
-            scheduler.step()
+            metrics = _optimizer_step(run, state.step, micro_batches)
+            _step_schedules(run, metrics)
             state.step += 1
             if run.ema is not None:
-                run.ema.update(accelerator.unwrap_model(run.model))
+                run.ema.update(run.nets[0].state.model)
             bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
-                record = _reduce(metrics, accelerator) | {"lr": scheduler.get_last_lr()[0]}
-                bar.set_postfix({k.removeprefix("train/"): f"{v:.4g}" for k, v in record.items() if k != "lr"})
+                record = _reduce(metrics, accelerator) | _learning_rates(run)
+                bar.set_postfix({k.removeprefix("train/"): f"{v:.4g}" for k, v in record.items() if k.startswith("train/")})
                 if accelerator.is_main_process:
                     log.append({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
@@ -119,38 +170,69 @@ def _train(run: _Run, optimizer, scheduler, state: TrainState, micro_batches: It
                 _save_checkpoint(run, state.step)
 
 
-def _optimizer_step(run: _Run, optimizer, micro_batches: Iterator[dict]) -> dict[str, torch.Tensor]:
-    """One optimizer step over grad_accum micro-batches; returns the last micro-batch's metrics."""
-    accelerator, model = run.accelerator, run.model
+def _set_train_mode(run: _Run) -> None:
+    for net in run.nets:
+        net.prepared.train()
+
+
+def _optimizer_step(run: _Run, step: int, micro_batches: Iterator[dict]) -> dict[str, torch.Tensor]:
+    """One optimizer step of each network with a loss in training_step's result, over grad_accum
+    micro-batches; returns the last micro-batch's metrics."""
+    accelerator, (main, *others) = run.accelerator, run.nets
+    info = StepInfo(step, {net.name: net.prepared for net in others})
     for _ in range(run.cfg.grad_accum):
         batch = next(micro_batches)
         # accumulate() syncs on every grad_accum-th call to it since the Accelerator was made, and each
         # optimizer step makes exactly grad_accum calls: the update falls on each step's last micro-batch,
         # in a resumed run as in a new one.
-        with accelerator.accumulate(model):
-            metrics = run.task.training_step(model, batch)
-            loss = metrics["loss"]
-            _stop_if_not_finite(run, "loss", [loss])
-            accelerator.backward(loss)
+        with accelerator.accumulate(*(net.prepared for net in run.nets)):
+            metrics = run.training_step(main.prepared, batch, info)
+            assert main.loss in metrics, f"training_step returned no '{main.loss}'"
+            trained = [net for net in run.nets if net.loss in metrics]
+            _stop_if_not_finite(run, "loss", [metrics[net.loss] for net in trained])
+            for net in trained:
+                scaled_backward(metrics[net.loss], net.state.scaler, run.cfg.grad_accum)
             if accelerator.sync_gradients:
-                metrics["grad_norm"] = _clip_gradients(run)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                for net in trained:
+                    metrics[_prefixed(net, "grad_norm")] = _update(run, net)
     return metrics
 
 
-def _clip_gradients(run: _Run) -> torch.Tensor:
-    """Clip to grad_clip and return the total norm before clipping; stop if it is not finite.
+def _prefixed(net: _Net, metric: str) -> str:
+    """A network's metric name: "grad_norm" for the model, "discriminator_grad_norm" for the discriminator."""
+    return metric if net.name == checkpoint.MAIN else f"{net.name}_{metric}"
+
+
+def _update(run: _Run, net: _Net) -> torch.Tensor:
+    """Unscale, clip to grad_clip and step one network; return its total gradient norm before clipping.
 
     A finite loss can still have an infinite gradient: clipping turns it into NaN and the optimizer
-    would write NaN weights into the next checkpoint. With fp16 the GradScaler skips such steps itself.
+    would write NaN weights into the next checkpoint, so the run stops. With fp16 the GradScaler skips
+    such steps itself.
     """
+    optimizer, scaler = net.state.optimizer.optimizer, net.state.scaler  # the torch optimizer inside Accelerate's
     # max_norm=inf only measures: the clip factor is then exactly 1.
     max_norm = run.cfg.grad_clip if run.cfg.grad_clip > 0 else math.inf
-    norm = run.accelerator.clip_grad_norm_(run.model.parameters(), max_norm)
-    if run.accelerator.scaler is None:
+    norm = unscale_and_clip(list(net.prepared.parameters()), optimizer, scaler, max_norm)
+    if scaler is None:
         _stop_if_not_finite(run, "gradient", [norm])
+    scaled_step(optimizer, scaler)
+    optimizer.zero_grad(set_to_none=True)
     return norm
+
+
+def _step_schedules(run: _Run, metrics: dict[str, torch.Tensor]) -> None:
+    """Every schedule follows the global step, also that of a network not updated yet (a discriminator
+    before its start), for which torch would warn that the schedule stepped before its optimizer."""
+    for net in run.nets:
+        with warnings.catch_warnings():
+            if net.loss not in metrics:
+                warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"), UserWarning)
+            net.state.scheduler.step()
+
+
+def _learning_rates(run: _Run) -> dict[str, float]:
+    return {_prefixed(net, "lr"): net.state.scheduler.get_last_lr()[0] for net in run.nets}
 
 
 def _stop_if_not_finite(run: _Run, what: str, tensors: list[torch.Tensor]) -> None:
@@ -187,7 +269,7 @@ def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | N
 
 def _check_weights(run: _Run) -> None:
     """Never save non-finite weights: a checkpoint must stay a good place to resume from."""
-    models = [run.model, *([run.ema.model] if run.ema is not None else [])]
+    models = [*(net.prepared for net in run.nets), *([run.ema.model] if run.ema is not None else [])]
     _stop_if_not_finite(run, "weights", [p for m in models for p in m.parameters()])
 
 
@@ -206,13 +288,13 @@ def _reduce(metrics: dict[str, torch.Tensor], accelerator: Accelerator) -> dict[
 def _evaluate(run: _Run, step: int, log: MetricsLog) -> None:
     if run.val_loader is None:
         return
-    model = run.ema.model if run.ema is not None else run.accelerator.unwrap_model(run.model)
+    model = run.ema.model if run.ema is not None else run.nets[0].state.model
     model.eval()
     with torch.no_grad():
         results = run.task.evaluate(model, run.val_loader, run.accelerator)
         if run.accelerator.is_main_process:
             run.task.after_evaluate(model, step, run.out_dir, run.accelerator)
-    run.model.train()
+    _set_train_mode(run)
     if run.accelerator.is_main_process:
         log.append({"step": step, **{k: float(v) for k, v in results.items()}})
         logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
@@ -243,7 +325,7 @@ def _save_final(run: _Run) -> Path:
     _check_weights(run)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        model = run.ema.model if run.ema is not None else accelerator.unwrap_model(run.model)
+        model = run.ema.model if run.ema is not None else run.nets[0].state.model
         with atomic_path(final, is_dir=True) as tmp:
             model.save_pretrained(tmp, save_function=accelerator.save)
             run.task.save_extras(tmp)
