@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from eval.inception import find_weights
-from sampling.generate import UNCOND, check_config, plan_labels
+from sampling.generate import UNCOND, GridSpec, check_config, plan_labels
 from stage1_vqvae.train import build_model_config, model_settings
+from stage2_prior.registry import prior_kind
 from stage2_prior.train import build_prior
 from stage2_prior.vocab import PriorVocab
 from vqgen.config import check
@@ -82,11 +83,13 @@ def _check_batches(cfg: PipelineConfig, facts: DataFacts, classifier: bool) -> N
 
 
 def _check_models(cfg: PipelineConfig, facts: DataFacts) -> None:
-    """The tokenizer's config, and the prior for its codebook, grid and the data's classes."""
+    """The tokenizer's config, the prior for its codebook, grid and the data's classes, and the
+    settings the prior's sampler takes (MaskGIT's steps within T, no KV cache; no steps for an AR prior)."""
     tokenizer = build_model_config(model_settings(cfg.tokenizer), cfg.data, facts.channels)
+    spec = GridSpec(PriorVocab(tokenizer.codebook_size, facts.num_classes), tokenizer.grid_size, tokenizer.grid_size)
     with torch.device("meta"):
-        build_prior(cfg.prior, PriorVocab(tokenizer.codebook_size, facts.num_classes), tokenizer.grid_size,
-                    tokenizer.grid_size)
+        build_prior(cfg.prior, spec.vocab, spec.grid_h, spec.grid_w)
+    prior_kind(cfg.prior.arch).sampler.check(cfg.sample, spec, f"prior.arch={cfg.prior.arch}")
 
 
 def _check_samples(cfg: PipelineConfig, facts: DataFacts) -> None:

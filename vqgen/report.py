@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from eval.report import protocol_lines
+from stage2_prior.registry import Objective, prior_kind
 from vqgen.markdown import cell, table
 from vqgen.runs import MetricsLog, atomic_path, write_json
 
@@ -30,10 +31,22 @@ def write_run_report(out: Path, records: dict[str, dict[str, Any]]) -> Path:
     summary = summarize(records)
     write_json(out / "metrics.json", {"summary": summary, "stages": records, "versions": versions(),
                                       "machine": machine()})
-    plot_curves(out, out / "curves.png")
+    plot_curves(out, out / "curves.png", run_curves(records.get("prior", {})))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(out, summary, records))
     return out / "report.md"
+
+
+def prior_objective(prior: dict[str, Any]) -> Objective:
+    """The objective of the run's prior, which says what its metrics are (a record written before
+    the arch was recorded is a GPT's or a PixelCNN's: next-code metrics either way)."""
+    return prior_kind(prior.get("arch", "gpt")).objective
+
+
+def run_curves(prior: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """CURVES with the prior's own val curve: bits/token, or a masked prior's masked-code NLL."""
+    key, title = prior_objective(prior).curve
+    return [("prior", key, title) if curve[1] == "val/bits_per_token" else curve for curve in CURVES]
 
 
 def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -46,7 +59,8 @@ def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "rfid": recon.get("rfid"), "rfid_n": recon.get("rfid_n"), "tokenizer_psnr": recon.get("psnr"),
         "tokenizer_ssim": recon.get("ssim"), "tokenizer_usage_pct": recon.get("usage", tok.get("val/usage")),
         "prior_bits_per_token": prior.get("val/bits_per_token"), "unigram_bits_per_token": prior.get("val/unigram_bits"),
-        "prior_accuracy": prior.get("val/accuracy"),
+        "prior_accuracy": prior.get("val/accuracy"), "prior_arch": prior.get("arch"),
+        "prior_val": {key: prior.get(key) for key, _ in prior_objective(prior).report_rows},
         "stage_seconds": {name: r.get("seconds") for name, r in records.items()},
     }
     summary.update({k: v for k, v in clf.items() if k.startswith("classifier ")})
@@ -68,14 +82,14 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu}
 
 
-def plot_curves(run: Path, path: Path) -> None:
-    """Tokenizer loss and usage, prior val NLL, against steps."""
+def plot_curves(run: Path, path: Path, curves: list[tuple[str, str, str]] = CURVES) -> None:
+    """Tokenizer loss and usage, prior val NLL, against steps: (stage, metric key, title) each."""
     # A figure on its own Agg canvas, not pyplot: files only, never a window, and no global backend
     # switched for whoever imported vqgen.
-    fig = Figure(figsize=(4 * len(CURVES), 3))
+    fig = Figure(figsize=(4 * len(curves), 3))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(CURVES))
-    for ax, (stage, key, title) in zip(axes, CURVES):
+    axes = fig.subplots(1, len(curves))
+    for ax, (stage, key, title) in zip(axes, curves):
         points = [(r["step"], r[key]) for r in MetricsLog(run / stage / "metrics.jsonl").read() if key in r]
         if points:
             ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
@@ -115,9 +129,8 @@ def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, An
                       ("PSNR (dB)", summary["tokenizer_psnr"]), ("SSIM", summary["tokenizer_ssim"]),
                       ("codebook usage %", summary["tokenizer_usage_pct"])]),
               "## Prior", "",
-              *table([("val bits/token", summary["prior_bits_per_token"]),
-                      ("unigram baseline bits/token", summary["unigram_bits_per_token"]),
-                      ("next-code accuracy", summary["prior_accuracy"])]),
+              *table([(label, records.get("prior", {}).get(key)) for key, label in
+                      prior_objective(records.get("prior", {})).report_rows]),
               "![curves](curves.png)", "", "## Time", "",
               *table(summary["stage_seconds"].items(), header=("stage", "seconds"))]
     return "\n".join(lines)
