@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -245,3 +246,22 @@ def test_a_full_disk_is_one_line_and_a_rerun_continues(tmp_path, pair):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == made
     with np.load(out / "codes.npz") as codes:
         assert codes["codes"].shape == (200, GRID, GRID)
+
+
+def test_steps_and_kv_cache_flags_are_one_line_for_the_wrong_prior(tmp_path, pair, capsys):
+    from vqgen.cli import main
+
+    maskgit = save_prior(tmp_path / "maskgit", pair[1], arch="maskgit")
+    base = ["sample", "--tokenizer", str(pair[1]), "--n", "2", "--out", str(tmp_path / "s")]
+    for prior, flags, fragment in ((pair[0], ["--steps", "4"], "sample.steps set MaskGIT's parallel decoding"),
+                                   (maskgit, ["--kv-cache", "static"], "sample.kv_cache is for autoregressive"),
+                                   (maskgit, ["--steps", "17"], "sample.steps=17: the prior's 4x4 grid has T=16")):
+        assert main([*base, "--prior", str(prior), *flags]) == 2
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.startswith("vqgen sample: error:")]
+        assert len(lines) == 1 and fragment in lines[0] and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as stop:  # below 1: refused by the flag itself, before anything loads
+        main([*base, "--prior", str(maskgit), "--steps", "0"])
+    assert stop.value.code == 2 and "argument --steps: must be >= 1, got 0" in capsys.readouterr().err
+    assert main([*base, "--prior", str(maskgit), "--steps", "3"]) == 0
+    assert json.loads((tmp_path / "s" / "sample_config.json").read_text())["steps"] == 3
