@@ -10,7 +10,7 @@
    of steps, then quantize fresh vectors from the stream; usage = share of the K codes hit. Two
    streams: a stationary one from a random (non k-means) init, and one whose clusters drift, from a
    k-means init. VectorQuantize runs without and with its own dead-code replacement
-   (threshold_ema_dead_code=2); ours runs with its defaults (restart after 100 idle steps).
+   (threshold_ema_dead_code=2); ours runs with its defaults (restart after 20 idle steps).
 
 Prints one JSON line and writes it to bench/results/quantizer.json.
 """
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from stage1_vqvae.quantize import QuantizerConfig, VectorQuantizer
+from stage1_vqvae.quantizers import VectorQuantizer, VQConfig
 from vqgen.runs import write_json
 
 K, D, BATCH, GRID = 1024, 64, 16, 32  # 16 * 32 * 32 = 16,384 vectors
@@ -36,11 +36,9 @@ DECAY, BETA = 0.99, 0.25
 RESULT = Path(__file__).parent / "results" / "quantizer.json"
 
 
-def ours(kmeans: bool, restart: int = 100) -> VectorQuantizer:
-    cfg = QuantizerConfig(
-        codebook_size=K, dim=D, beta=BETA, decay=DECAY, kmeans_init=kmeans, restart_after_steps=restart
-    )
-    return VectorQuantizer(cfg)
+def ours(kmeans: bool, restart: int = VQConfig.restart_after_steps) -> VectorQuantizer:
+    cfg = VQConfig(codebook_size=K, beta=BETA, decay=DECAY, kmeans_init=kmeans, restart_after_steps=restart)
+    return VectorQuantizer(cfg, dim=D)
 
 
 def theirs(kmeans: bool, dead_threshold: float = 0) -> VectorQuantize:

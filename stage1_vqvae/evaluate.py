@@ -19,7 +19,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from torchvision.utils import save_image
 
 from stage1_vqvae.losses import psnr_from_mse
-from stage1_vqvae.quantize import code_perplexity
+from stage1_vqvae.quantizers import code_perplexity
 from vqgen.runs import atomic_path
 
 # How a grid places each reconstruction, and how many tiles that makes a row of `cols` pairs: at its

@@ -1,4 +1,4 @@
-"""The VQ-VAE tokenizer (van den Oord et al. 2017): encoder -> vector quantizer -> decoder.
+"""The VQ-VAE tokenizer (van den Oord et al. 2017): encoder -> quantizer (VQ, FSQ or LFQ) -> decoder.
 
 A transformers `PreTrainedModel`, so `save_pretrained` writes config.json + model.safetensors and the
 folder reloads with `VQVAE.from_pretrained` or `AutoModel.from_pretrained` (registration happens in
@@ -18,10 +18,17 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from stage1_vqvae.blocks import Decoder, Encoder
-from stage1_vqvae.quantize import QuantizerConfig, VectorQuantizer
+from stage1_vqvae.quantizers import (
+    DEFAULT_KIND,
+    Quantizer,
+    QuantizerConfig,
+    build_quantizer,
+    quantizer_settings,
+    settings_dict,
+)
 from vqgen.config import setting
 from vqgen.errors import VqgenError
-from vqgen.model_config import check_settings, refuse
+from vqgen.model_config import ModelConfigError, check_settings, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +38,29 @@ MAX_LEVELS = 6  # resolutions in channel_mult: factor 32 already turns 256 px in
 # Named architectures; each lists only what differs from the VQVAEConfig defaults ("small", the
 # Fashion-MNIST/MNIST tokenizer: 32x32 -> 8x8 codes, K=512, trains on a CPU in minutes).
 PRESETS: dict[str, dict] = {
-    "tiny": {"base_channels": 8, "channel_mult": (1, 2), "code_dim": 16, "codebook_size": 64},
+    "tiny": {"base_channels": 8, "channel_mult": (1, 2), "code_dim": 16, "quantizer": {"codebook_size": 64}},
     "small": {},
     # CIFAR-10-sized colour images: wider, two blocks per level, attention at 8x8.
-    "base": {"base_channels": 64, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "attn_at_lowest": True, "codebook_size": 1024},
+    "base": {"base_channels": 64, "channel_mult": (1, 2, 2), "num_res_blocks": 2, "attn_at_lowest": True,
+             "quantizer": {"codebook_size": 1024}},
     # 128-256 px images, factor 16 as in LlamaGen's VQ-16, with its 8-dim l2-normalised lookup.
     "large": {"base_channels": 64, "channel_mult": (1, 1, 2, 2, 4), "num_res_blocks": 2, "attn_at_lowest": True,
-              "code_dim": 256, "codebook_size": 8192, "lookup_dim": 8},
+              "code_dim": 256, "quantizer": {"codebook_size": 8192, "lookup_dim": 8}},
 }
+
+# config.json files written before `model.quantizer` held one VQ's settings at the top level; each
+# such key -> its name in model.quantizer (kind vq). They load as they did, and only from files or
+# Python: in YAML and flags they are refused with their new name (`moved_keys`).
+LEGACY_QUANTIZER_KEYS = {"codebook_size": "codebook_size", "beta": "beta", "ema": "ema", "codebook_decay": "decay",
+                         "kmeans_init": "kmeans_init", "restart_after_steps": "restart_after_steps",
+                         "lookup_dim": "lookup_dim"}
 
 
 @strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
 class VQVAEConfig(PreTrainedConfig):
     """Architecture of the tokenizer; `channel_mult` has one entry per resolution, so the grid is
-    image_size / 2**(len(channel_mult) - 1) on each side. Quantizer fields go to `QuantizerConfig`."""
+    image_size / 2**(len(channel_mult) - 1) on each side. `quantizer` is the `model.quantizer`
+    mapping (stage1_vqvae/quantizers/registry.py), stored with every setting spelt out."""
 
     model_type = MODEL_TYPE
 
@@ -56,16 +72,16 @@ class VQVAEConfig(PreTrainedConfig):
     num_res_blocks: int = setting(1, "residual blocks per level", ge=1)
     attn_at_lowest: bool = setting(False, "self-attention at the lowest resolution")
     code_dim: int = setting(64, "D, the channels of a code vector", ge=1)
-    codebook_size: int = setting(512, "K, the number of codes", ge=2)
-    beta: float = setting(0.25, "commitment weight (VQ-VAE eq. 3)", ge=0)
-    ema: bool = setting(True, "EMA codebook; false: learned with a codebook loss")
-    codebook_decay: float = setting(0.99, "EMA decay of the codebook", ge=0, lt=1)
-    kmeans_init: bool = setting(True, "codebook from k-means on the first training batch")
-    restart_after_steps: int = setting(20, "restart codes idle this many training steps; 0: never", ge=0)
-    lookup_dim: int = setting(0, "0: look up in D dims; else an l2-normalised lookup in this many", ge=0)
+    quantizer: dict = setting({}, "the quantizer: kind (vq, fsq or lfq) and its settings, e.g. "
+                              "{kind: fsq, levels: [8, 5, 5, 5]}; see README, Stage 1")
 
     def __post_init__(self, **kwargs):
+        self.quantizer = _with_legacy_keys(self.quantizer, kwargs)
         check_settings(self, "tokenizer")
+        try:
+            self.quantizer = settings_dict(quantizer_settings(self.quantizer))
+        except VqgenError as err:
+            raise ModelConfigError(str(err)) from None
         if len(self.channel_mult) > MAX_LEVELS:
             raise refuse("tokenizer", "channel_mult", self.channel_mult, f"must have 1 to {MAX_LEVELS} entries")
         if self.image_size % self.downsample_factor:
@@ -82,19 +98,52 @@ class VQVAEConfig(PreTrainedConfig):
         """h = w of the code grid for `image_size` images."""
         return self.image_size // self.downsample_factor
 
-    def quantizer_config(self) -> QuantizerConfig:
-        return QuantizerConfig(
-            codebook_size=self.codebook_size, dim=self.code_dim, beta=self.beta, ema=self.ema,
-            decay=self.codebook_decay, kmeans_init=self.kmeans_init,
-            restart_after_steps=self.restart_after_steps, lookup_dim=self.lookup_dim,
-        )
+    @property
+    def codebook_size(self) -> int:
+        """K, derived from the quantizer's settings (FSQ: the product of its levels; LFQ: 2**bits)."""
+        return self.quantizer_settings().codebook_size
+
+    def quantizer_settings(self) -> QuantizerConfig:
+        return quantizer_settings(self.quantizer)
+
+
+def _with_legacy_keys(quantizer: dict, kwargs: dict) -> dict:
+    """`quantizer`, or the model.quantizer mapping of the flat keys of an older config.json (popped
+    from `kwargs`); both at once would leave it unclear which holds."""
+    legacy = {new: kwargs.pop(old) for old, new in LEGACY_QUANTIZER_KEYS.items() if old in kwargs}
+    if not legacy:
+        return quantizer
+    if quantizer:
+        raise ModelConfigError(f"tokenizer config: model.quantizer and the old top-level quantizer keys "
+                               f"({', '.join(legacy)}) are both set; move those keys into model.quantizer")
+    return {"kind": "vq", **legacy}  # the only kind there was
+
+
+def moved_keys(settings: dict, source: str) -> None:
+    """Refuse a YAML or command-line `model:` section that uses a quantizer key at the top level,
+    naming where it lives now."""
+    moved = [key for key in settings if key in LEGACY_QUANTIZER_KEYS]
+    if moved:
+        where = ", ".join(f"model.{key} -> model.quantizer.{LEGACY_QUANTIZER_KEYS[key]}" for key in moved)
+        raise VqgenError(f"{source}: the quantizer's settings moved into model.quantizer ({where}); move them there")
+
+
+def merge_settings(preset: dict, overrides: dict) -> dict:
+    """A preset's VQVAEConfig keywords with `overrides` on top. `quantizer` merges key by key when
+    both are of the same kind; a preset's settings for another kind do not carry over."""
+    merged = preset | overrides
+    ours, theirs = preset.get("quantizer"), overrides.get("quantizer")
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        same_kind = theirs.get("kind", DEFAULT_KIND) == ours.get("kind", DEFAULT_KIND) or "kind" not in theirs
+        merged["quantizer"] = ours | theirs if same_kind else theirs
+    return merged
 
 
 @dataclass
 class VQVAEOutput(ModelOutput):
     reconstruction: torch.Tensor | None = None  # (B, C, H, W) in [-1, 1]
     codes: torch.Tensor | None = None  # (B, h, w) int64 in [0, K)
-    losses: dict[str, torch.Tensor] | None = None  # the quantizer's terms ("commitment", ["codebook"])
+    losses: dict[str, torch.Tensor] | None = None  # the quantizer's named terms, each already weighted
     perplexity: torch.Tensor | None = None  # exp(entropy) of this batch's code histogram
     usage: torch.Tensor | None = None  # share of the K codes in recent use (see QuantizerOutput)
 
@@ -122,7 +171,7 @@ class VQVAE(PreTrainedModel):
         super().__init__(config)
         arch = (config.base_channels, config.channel_mult, config.num_res_blocks, config.attn_at_lowest)
         self.encoder = Encoder(config.in_channels, *arch, out_dim=config.code_dim)
-        self.quantizer = VectorQuantizer(config.quantizer_config())
+        self.quantizer = build_quantizer(config.quantizer_settings(), config.code_dim)
         self.decoder = Decoder(config.in_channels, *arch, in_dim=config.code_dim)
         self.post_init()
 
@@ -137,6 +186,10 @@ class VQVAE(PreTrainedModel):
         elif isinstance(module, torch.nn.GroupNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        elif isinstance(module, Quantizer):
+            # Buffers that are not saved (FSQ's grid, LFQ's bit values) hold garbage after loading.
+            for name, value in module.constants().items():
+                init.copy_(getattr(module, name), value)
 
     @property
     def downsample_factor(self) -> int:
@@ -145,7 +198,7 @@ class VQVAE(PreTrainedModel):
     def forward(self, images: torch.Tensor) -> VQVAEOutput:
         """images (B, C, H, W) -> VQVAEOutput(reconstruction (B, C, H, W), codes (B, h, w), losses, ...).
 
-        In training mode the quantizer also updates its codebook (EMA, k-means init, restarts)."""
+        In training mode the quantizer also updates its state (VQ's codebook, the usage meters)."""
         self._check_images(images)
         q = self.quantizer(self.encoder(images))
         reconstruction = straight_through_clamp(self.decoder(q.z_q))
@@ -156,7 +209,7 @@ class VQVAE(PreTrainedModel):
         """images (B, C, H, W) in [-1, 1] -> codes (B, h, w) int64. Never changes the codebook."""
         self._check_images(images)
         was_training = self.quantizer.training
-        self.quantizer.eval()  # a training-mode quantizer would update its EMA and restart codes
+        self.quantizer.eval()  # a training-mode quantizer would update its codebook and meters
         try:
             return self.quantizer(self.encoder(images)).indices
         finally:

@@ -20,7 +20,7 @@ from accelerate.utils import set_seed
 from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, whole_rows
 from stage1_vqvae.load import TRAINING_FILE
 from stage1_vqvae.losses import RECONSTRUCTION, tokenizer_loss
-from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
+from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, merge_settings, moved_keys
 from vqgen.config import check_kwargs, setting, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
@@ -53,11 +53,12 @@ def model_settings(cfg: TokenizerRunConfig) -> dict:
     """The VQVAEConfig keywords of the preset and the `model:` overrides, checked before any data is read."""
     if cfg.preset not in PRESETS:
         raise VqgenError(f"tokenizer config: preset '{cfg.preset}' is unknown; use one of {', '.join(PRESETS)}")
+    moved_keys(cfg.model, source="tokenizer config 'model' section")
     check_kwargs(VQVAEConfig, cfg.model, source="tokenizer config 'model' section")
     for key in FROM_DATA:
         if key in cfg.model:
             raise VqgenError(f"tokenizer config: model.{key} comes from the data; set data.image_size/data.channels")
-    kwargs = PRESETS[cfg.preset] | cfg.model
+    kwargs = merge_settings(PRESETS[cfg.preset], cfg.model)
     # Builds the config to check every model setting now; its default 32 px suits every factor it allows.
     factor = VQVAEConfig(**kwargs).downsample_factor
     if cfg.data.image_size % factor:

@@ -14,7 +14,7 @@ from vqgen.data import DataConfig
 @pytest.fixture
 def task(fmnist_available):
     torch.manual_seed(0)
-    cfg = TokenizerRunConfig(data=DataConfig(image_size=16, max_images=20), preset="tiny", model={"codebook_size": 32})
+    cfg = TokenizerRunConfig(data=DataConfig(image_size=16, max_images=20), preset="tiny", model={"quantizer": {"codebook_size": 32}})
     task = TokenizerTask(cfg)
     task.model.eval()
     return task

@@ -27,7 +27,7 @@ TRAIN = TrainConfig(steps=6, batch_size=16, lr=1e-3, warmup_steps=2, eval_every=
 
 
 def config(**changes) -> TokenizerRunConfig:
-    base = dict(data=DataConfig(image_size=16, max_images=64), preset="tiny", model={"codebook_size": 32},
+    base = dict(data=DataConfig(image_size=16, max_images=64), preset="tiny", model={"quantizer": {"codebook_size": 32}},
                 train=TRAIN)
     return TokenizerRunConfig(**{**base, **changes})
 
@@ -99,7 +99,7 @@ def test_image_size_must_be_a_multiple_of_the_factor(tmp_path, fmnist_available)
         ({"preset": "huge"}, "preset 'huge' is unknown"),
         ({"model": {"codebok_size": 8}}, "codebok_size"),
         ({"model": {"image_size": 32}}, "model.image_size comes from the data"),
-        ({"model": {"beta": -1.0}}, "beta"),
+        ({"model": {"quantizer": {"beta": -1.0}}}, "beta"),
         ({"recon_loss": "huber"}, "recon_loss"),
     ],
 )
