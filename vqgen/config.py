@@ -297,8 +297,17 @@ def apply(cfg: T, values: dict, source: str, prefix: str = "") -> T:
                 raise VqgenError(f"{source}: '{name}' is a section; give it a mapping of settings")
             changes[key] = apply(current, value, source, prefix=f"{name}.")
         else:
-            changes[key] = check_value(coerce(value, hints[key], name, source), fields[key], name, source)
+            value = check_value(coerce(value, hints[key], name, source), fields[key], name, source)
+            # A mapping given again (a YAML `model:` section, then --model.key=value) is updated key
+            # by key, as a section is, rather than replaced.
+            changes[key] = _merged(current, value) if isinstance(current, dict) and isinstance(value, dict) else value
     return dataclasses.replace(cfg, **changes)
+
+
+def _merged(old: dict, new: dict) -> dict:
+    """`new` over `old`, nested mappings merged key by key."""
+    return old | {key: _merged(old[key], value) if isinstance(old.get(key), dict) and isinstance(value, dict) else value
+                  for key, value in new.items()}
 
 
 def check(cfg: T, prefix: str = "", source: str = "") -> T:
