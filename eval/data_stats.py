@@ -69,7 +69,7 @@ def reference_stats(model: InceptionFeatures, dataset: ImageDataset, n: int = 0)
     and the data settings."""
     labels: list[int] = []
     total = n or len(dataset)
-    extracted = extract_features(model, data_batches(dataset, n, labels), total, desc=f"reference {dataset.split}")
+    extracted = extract_features(model, data_batches(dataset, n, labels), total, desc=f"{dataset.split} split")
     counts = np.bincount(labels, minlength=dataset.num_classes).tolist() if dataset.num_classes else None
     meta = {**protocol(model.weights), "n": total, "data": data_settings(dataset), "split": dataset.split,
             "class_counts": counts}

@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the samples' own size and channels fill the rest.")
     for name in ("fid-ref", "fid", "reconstruct", "pipeline"):
         p[name].add_argument("--inception-weights", type=Path, help="pytorch-fid or torch-fidelity weights")
+        p[name].add_argument("--no-cache", action="store_true",
+                             help="compute data statistics again, without reading or filling $VQGEN_CACHE")
     return parser
 
 
@@ -318,7 +320,7 @@ def _cmd_reconstruct(args, overrides):
 
     data = _data_config(args, overrides, tokenizer=args.tokenizer)
     metrics = reconstruct(args.tokenizer, data, args.out, n=args.n, weights=args.inception_weights,
-                          rfid_n=args.rfid_n)
+                          rfid_n=args.rfid_n, cache=_stats_cache(args))
     return "reconstruct: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
@@ -359,13 +361,14 @@ def _class_ids(text: str) -> list[int]:
 def _cmd_fid_ref(args, overrides):
     from eval.fid import fid_ref
 
-    stats = fid_ref(_data_config(args, overrides), args.split, args.out, weights=args.inception_weights, n=args.n)
+    stats = fid_ref(_data_config(args, overrides), args.split, args.out, weights=args.inception_weights, n=args.n,
+                    cache=_stats_cache(args))
     return f"reference statistics of {stats.meta.get('n', '?')} images: {args.out}"
 
 
 def _cmd_fid(args, overrides):
     from eval.fid import fid
-    from eval.report import claim_report, write_report
+    from eval.report import claim_report, score_line, write_report
 
     # --data.* settings describe a --ref data spec; the samples' own size and channels fill the rest.
     values = parse_overrides(overrides)
@@ -375,9 +378,9 @@ def _cmd_fid(args, overrides):
     data = values.get("data", {})
     if args.out is not None:
         claim_report(args.out)  # checked and locked (until exit) before the Inception work, not after it
-    result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights, n_ref=args.ref_n, data=data)
-    scores = {k: v for k, v in result.items() if k in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", "kid", "is", "n_samples")}
-    line = "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in scores.items())
+    result = fid(args.samples, args.ref, n=args.n, weights=args.inception_weights, n_ref=args.ref_n, data=data,
+                 cache=_stats_cache(args))
+    line = score_line(result)  # each score with the real-data floor's beside it
     if args.out is not None:
         try:
             write_report(args.out, result, title=f"vqgen fid: {args.samples}")  # X.json + X.md, or DIR/
@@ -396,8 +399,17 @@ def _cmd_train_classifier(args, overrides):
 def _cmd_pipeline(args, overrides):
     from vqgen.pipeline import run_pipeline
 
-    report = run_pipeline(_settings(args, overrides), args.out, inception_weights=args.inception_weights, echo=_echo)
+    report = run_pipeline(_settings(args, overrides), args.out, inception_weights=args.inception_weights, echo=_echo,
+                          cache=_stats_cache(args))
     return f"report: {report}"
+
+
+def _stats_cache(args: argparse.Namespace):
+    """The per-user cache of Inception statistics (eval/cache.py), its folder checked now, before any
+    work; None with --no-cache."""
+    from eval.cache import StatsCache
+
+    return None if args.no_cache else StatsCache()
 
 
 def _echo(line: str) -> None:

