@@ -96,3 +96,25 @@ def test_no_floor_where_train_has_too_few_images_or_the_data_is_unknown(tmp_path
 
 def test_the_floor_split_is_another_split():
     assert all(FLOOR_SPLIT[split] != split for split in ("train", "val", "test"))
+
+
+TOY = ["--data.max_images=256", "--tokenizer.preset=tiny", "--tokenizer.train.steps=4", "--tokenizer.train.batch_size=32",
+       "--prior.train.steps=4", "--prior.train.batch_size=32", "--prior.train.warmup_steps=1", "--sample.per_class=0",
+       "--sample.n=6", "--sample.batch_size=6", "--eval.inception_n=6", "--eval.ref_n=6", "--eval.rfid_n=6",
+       "--eval.recon_n=4", "--eval.use_classifier=false"]
+
+
+@pytest.mark.slow
+def test_a_second_pipeline_run_computes_no_reference(tmp_path, caplog, fmnist_available):
+    caplog.set_level(logging.INFO)
+    passes = {}
+    for run in ("first", "second"):  # two run folders, one machine (one $VQGEN_CACHE)
+        caplog.clear()
+        assert main(["pipeline", "--config", "configs/fashion-mnist.yaml", "--out", str(tmp_path / run), *TOY]) == 0
+        passes[run] = inception_passes(caplog)
+    assert passes["first"] == ["Inception pass: val split, 6 images", "Inception pass: rFID reconstructions, 6 images",
+                               "Inception pass: test split, 6 images", "Inception pass: samples, 6 images",
+                               "Inception pass: train split, 6 images"]
+    assert passes["second"] == ["Inception pass: rFID reconstructions, 6 images", "Inception pass: samples, 6 images"]
+    first, second = (json.loads((tmp_path / run / "metrics.json").read_text())["stages"] for run in passes)
+    assert second["fid"]["real_data"] == first["fid"]["real_data"]  # the floor, the same numbers from the cache
