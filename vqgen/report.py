@@ -16,12 +16,15 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from eval.report import protocol_lines
+from eval.report import protocol_lines, with_floor
 from stage2_prior.registry import Objective, prior_kind
 from vqgen.markdown import cell, table
 from vqgen.runs import MetricsLog, atomic_path, write_json
 
 PACKAGES = ("vqgen", "torch", "torchvision", "transformers", "accelerate", "datasets", "torchmetrics")
+# Inception scores in report.md, each with the real-data floor's beside it where it has one.
+INCEPTION_ROWS = [("FID", "fid"), ("sFID", "sfid"), ("KID (mean)", "kid_mean"), ("KID (std)", "kid_std"),
+                  ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage")]
 CURVES = [("tokenizer", "train/loss", "tokenizer train loss"), ("tokenizer", "val/usage", "tokenizer val usage %"),
           ("prior", "val/bits_per_token", "prior val bits/token"), ("prior", "train/loss", "prior train NLL (nats)")]
 
@@ -56,6 +59,8 @@ def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     summary = {
         "inception_fid": fid.get("fid"), "inception_kid_mean": fid.get("kid_mean"), "inception_kid_std": fid.get("kid_std"),
         "inception_is": fid.get("is_mean", fid.get("is")), "inception_n_samples": fid.get("n_samples"),
+        **{f"inception_{key}": fid.get(key) for key in ("sfid", "precision", "recall", "density", "coverage")},
+        "inception_real_data": fid.get("real_data"),  # the same scores for N real images (eval/floor.py)
         "rfid": recon.get("rfid"), "rfid_n": recon.get("rfid_n"), "tokenizer_psnr": recon.get("psnr"),
         "tokenizer_ssim": recon.get("ssim"), "tokenizer_usage_pct": recon.get("usage", tok.get("val/usage")),
         "prior_bits_per_token": prior.get("val/bits_per_token"), "unigram_bits_per_token": prior.get("val/unigram_bits"),
@@ -116,9 +121,9 @@ def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, An
     is_line = fid.get("is") if isinstance(fid.get("is"), str) else f"{cell(fid.get('is_mean'))} ± {cell(fid.get('is_std'))}"
     lines = [f"# vqgen run: {out.name}", "", "![samples](samples/grid.png)", "",
              "## Samples, Inception network", "",
-             *table([("FID", summary["inception_fid"]), ("KID (mean)", summary["inception_kid_mean"]),
-                     ("KID (std)", summary["inception_kid_std"]), ("IS", is_line),
-                     ("samples scored", summary["inception_n_samples"])]),
+             *table([(label, with_floor(fid, key, ".4g")) for label, key in INCEPTION_ROWS]
+                    + [("IS", is_line), ("samples scored", summary["inception_n_samples"])]
+                    + ([("precision/recall", fid["precision_recall"])] if "precision_recall" in fid else [])),
              *protocol_lines(fid), ""]
     classifier = [(k, v) for k, v in summary.items() if k.startswith("classifier ")]
     if classifier:

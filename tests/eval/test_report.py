@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 import eval.report
-from eval.report import check_report_out, report_paths, write_report
+from eval.report import check_report_out, protocol_lines, report_paths, score_line, write_report
 from vqgen.cli import main
 from vqgen.errors import VqgenError
+from vqgen.report import markdown, summarize
 
 
 def test_report_states_the_protocol(tmp_path):
@@ -20,6 +21,34 @@ def test_report_states_the_protocol(tmp_path):
     for needle in ("| fid | 12.5000 |", "IS: unavailable (no Inception logits in fid-helper)", "N = 100",
                    "N = 1000", "split = test", "10 classes, 100-100 images per class", "TF1 bilinear", "a16e"):
         assert needle in report
+
+
+FLOOR = {"fid": 41.25, "sfid": 30.5, "kid_mean": 0.02, "precision": 0.61, "recall": 0.45, "n_samples": 1000,
+         "reference_meta": {"n": 1000, "split": "test"}, "pr_n": 1000, "pr_k": 3,
+         "real_data": {"split": "train", "n": 1000, "fid": 19.5, "sfid": 12.25, "kid_mean": 0.001, "precision": 0.7,
+                       "recall": 0.72}}
+
+
+def test_each_score_is_written_with_the_real_data_floor_beside_it(tmp_path):
+    report = write_report(tmp_path, FLOOR).read_text()
+    line = score_line(FLOOR)
+    for key, value, floor in (("fid", "41.2500", "19.5000"), ("sfid", "30.5000", "12.2500"),
+                              ("precision", "0.6100", "0.7000"), ("recall", "0.4500", "0.7200")):
+        assert f"| {key} | {value} (real data at N = 1,000: {floor}) |" in report
+        assert f"{key}: {value} (real data at N = 1,000: {floor})" in line
+    assert "- real data: the first N = 1,000 train images of the reference's data" in report
+    assert "- precision/recall, density/coverage: k = 3 nearest neighbours, N = 1,000 images a side" in report
+    assert "| real_data |" not in report and "pr_n" not in report  # protocol, not scores
+    pipeline = markdown(tmp_path, summarize({"fid": FLOOR}), {"fid": FLOOR})
+    assert "| FID | 41.25 (real data at N = 1,000: 19.5) |" in pipeline
+    assert "| precision | 0.61 (real data at N = 1,000: 0.7) |" in pipeline and "| density | — |" in pipeline
+    assert summarize({"fid": FLOOR})["inception_real_data"]["fid"] == 19.5
+
+
+def test_a_missing_floor_says_why_once():
+    result = {"fid": 3.0, "real_data": "real data: unavailable (pf.npz records no data settings)", "n_samples": 4}
+    assert score_line(result) == "fid: 3.0000  n_samples: 4  real data: unavailable (pf.npz records no data settings)"
+    assert "- real data: unavailable (pf.npz records no data settings)" in protocol_lines(result)
 
 
 def test_third_party_reference_is_flagged(tmp_path):
