@@ -1,4 +1,4 @@
-"""Classifier FID and classifier IS: eval/fid.py's formulas on the small CNN of eval/classifier.py.
+"""Classifier FID and classifier IS: eval/scores.py's formulas on the small CNN of eval/classifier.py.
 
 Always labelled "classifier FID (<data> CNN)" and kept apart from Inception numbers (see
 eval/classifier.py for why they exist and what they can be compared with).
