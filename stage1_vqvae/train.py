@@ -2,13 +2,15 @@
 
     train_tokenizer(TokenizerRunConfig(), Path("runs/tok"))   # -> runs/tok/model
 
-The loop owns everything generic (optimizer, schedule, checkpoints, resume, metrics.jsonl); this file
-only says how to build the VQ-VAE from the data, what one training step computes, and how to
-evaluate: val MSE/PSNR/SSIM, codebook usage over the whole val set, and a reconstruction grid.
+The loop owns everything generic (optimizers, schedules, checkpoints, resume, metrics.jsonl); this file
+only says how to build the VQ-VAE (and, for VQGAN's loss, its discriminator) from the data, what one
+training step computes (stage1_vqvae/losses.py), and how to evaluate: val MSE/PSNR/SSIM, codebook usage
+over the whole val set, and a reconstruction grid.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,20 +19,23 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from stage1_vqvae.discriminator import PatchDiscriminator, check_patch_grid
 from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, whole_rows
 from stage1_vqvae.load import TRAINING_FILE
-from stage1_vqvae.losses import RECONSTRUCTION, tokenizer_loss
+from stage1_vqvae.losses import RECONSTRUCTION, AdversarialConfig, Adversary, LossConfig, VQGANLoss
 from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, merge_settings, moved_keys
+from stage1_vqvae.perceptual import build_perceptual, check_network, find_vgg16_weights
 from vqgen.config import check_kwargs, setting, to_dict
 from vqgen.data import DataConfig, ImageDataset, load_images
 from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig, fit
+from vqgen.loop import Network, OptimizerSettings, StepInfo, TrainConfig, fit
 from vqgen.runs import write_json
 
 logger = logging.getLogger(__name__)
 
 PREVIEW_IMAGES, PREVIEW_COLS = 32, 8  # val images shown (original above reconstruction) in recon_step_N.png
 FROM_DATA = ("in_channels", "image_size")  # model fields the data decides
+DISCRIMINATOR = "discriminator"  # its name in checkpoints (discriminator.safetensors) and metrics
 
 
 def tokenizer_train_defaults() -> TrainConfig:
@@ -45,8 +50,20 @@ class TokenizerRunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     preset: str = setting("small", "tokenizer size (stage1_vqvae.model.PRESETS)", choices=tuple(PRESETS))
     model: dict = setting({}, "VQVAEConfig overrides on top of the preset")
-    recon_loss: str = setting("mse", "pixel reconstruction loss", choices=("mse", "l1"))
+    loss: LossConfig = field(default_factory=LossConfig)
+    recon_loss: str | None = setting(None, "old name of loss.reconstruction, read into it", choices=RECONSTRUCTION)
     train: TrainConfig = field(default_factory=tokenizer_train_defaults)
+
+    def __post_init__(self):
+        # Configs written before `loss:` existed keep working: recon_loss becomes loss.reconstruction.
+        if self.recon_loss is None:
+            return
+        if self.recon_loss not in RECONSTRUCTION:
+            raise VqgenError(f"tokenizer config: recon_loss='{self.recon_loss}' is unknown; use mse or l1 "
+                             "(recon_loss is the old name of loss.reconstruction)")
+        logger.info("tokenizer config: recon_loss=%s read as loss.reconstruction", self.recon_loss)
+        self.loss = dataclasses.replace(self.loss, reconstruction=self.recon_loss)
+        self.recon_loss = None
 
 
 def model_settings(cfg: TokenizerRunConfig) -> dict:
@@ -73,26 +90,59 @@ def build_model_config(settings: dict, data: DataConfig, channels: int) -> VQVAE
     return VQVAEConfig(**settings, in_channels=channels, image_size=data.image_size)  # its errors name the key
 
 
+def check_loss_settings(cfg: TokenizerRunConfig) -> None:
+    """The loss settings a run would trip on later, refused in one line before any data is read: an
+    unknown or Inception perceptual backbone, missing LPIPS weights, a discriminator too deep for the images."""
+    check_network(cfg.loss.perceptual_network)
+    if cfg.loss.perceptual_weight > 0:
+        find_vgg16_weights(cfg.loss.perceptual_weights)
+    if cfg.loss.adversarial.enabled:
+        check_patch_grid(cfg.data.image_size, cfg.loss.adversarial.discriminator_layers,
+                         "tokenizer.loss.adversarial.discriminator_layers")
+
+
+def build_adversary(adv: AdversarialConfig, channels: int) -> Adversary:
+    discriminator = PatchDiscriminator(channels, adv.discriminator_channels, adv.discriminator_layers)
+    return Adversary(discriminator, adv.lecam_decay)
+
+
+def discriminator_optimizer(adv: AdversarialConfig) -> OptimizerSettings:
+    return OptimizerSettings(adv.lr, adv.betas, adv.weight_decay, adv.warmup_steps, adv.min_lr_ratio)
+
+
 class TokenizerTask:
-    """The VQ-VAE on one image data set, as `vqgen.loop.fit` wants it (the TrainTask protocol)."""
+    """The VQ-VAE on one image data set, as `vqgen.loop.fit` wants it (the MultiNetworkTask protocol:
+    with VQGAN's adversarial loss, the discriminator trains beside it by an optimizer of its own)."""
 
     def __init__(self, cfg: TokenizerRunConfig):
-        if cfg.recon_loss not in RECONSTRUCTION:
-            raise VqgenError(f"tokenizer config: recon_loss='{cfg.recon_loss}' is unknown; use mse or l1")
         self.cfg = cfg
         settings = model_settings(cfg)
+        check_loss_settings(cfg)
+        perceptual = build_perceptual(cfg.loss.perceptual_weights) if cfg.loss.perceptual_weight > 0 else None
         self.train_set: ImageDataset = load_images(cfg.data, "train")
         self.val_set: ImageDataset = load_images(cfg.data, "val")
         self.model = VQVAE(build_model_config(settings, cfg.data, self.train_set.channels))
+        # Built after the tokenizer, so the tokenizer's initial weights are those of a run without it.
+        adv = cfg.loss.adversarial
+        adversary = build_adversary(adv, self.train_set.channels) if adv.enabled else None
+        self.networks = ([Network(DISCRIMINATOR, adversary, discriminator_optimizer(adv), "d_loss")]
+                         if adversary is not None else [])
+        self.loss = VQGANLoss(cfg.loss, perceptual, adversary)
         self.run_config = to_dict(cfg)
         self.last_eval: dict[str, float] = {}
 
-    def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+    def training_step(self, model: torch.nn.Module, batch: dict, info: StepInfo) -> dict[str, torch.Tensor]:
         images = batch["image"]
         output = model(images)
-        loss = tokenizer_loss(images, output, self.cfg.recon_loss)
+        # The decoder's last layer, where VQGAN eq. 7 weighs the adversarial term (the same parameter
+        # as in the prepared model, which may be wrapped).
+        loss = self.loss.generator(images, output, info.step, self.model.decoder.conv_out.weight)
         extra = {"usage": 100.0 * output.usage.detach(), "perplexity": output.perplexity.detach()}
-        return loss.log() | extra | {"loss": loss.loss}
+        metrics = loss.log() | extra | {"loss": loss.loss}
+        if self.loss.adversarial_at(info.step):
+            judged = self.loss.discriminator(images, output.reconstruction, info.networks[DISCRIMINATOR])
+            metrics |= judged.log() | {"d_loss": judged.d_loss}
+        return metrics
 
     def evaluate(self, model: torch.nn.Module, loader, accelerator: Accelerator) -> dict[str, float]:
         """Whole-set metrics (stage1_vqvae.evaluate.tokenizer_scores: MSE, PSNR, SSIM, code usage %

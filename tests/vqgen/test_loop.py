@@ -72,6 +72,16 @@ def test_resume_with_other_model_settings_is_refused(tmp_path):
         fit(task, CFG, tmp_path, resume=True)
 
 
+def test_resume_with_the_same_tuple_setting_is_allowed(tmp_path):
+    """run_config.json stores a tuple as a list; the same settings must still compare equal on resume."""
+    task = TinyTask()
+    task.run_config = {"model": {"dim": 4, "betas": (0.5, 0.9)}}
+    fit(task, dataclasses.replace(CFG, steps=4), tmp_path)
+    resumed = TinyTask()
+    resumed.run_config = {"model": {"dim": 4, "betas": (0.5, 0.9)}}
+    fit(resumed, CFG, tmp_path, resume=True)
+
+
 class Recorder(TinyTask):
     """Notes which loader Accelerate holds as the active one after each evaluation."""
 

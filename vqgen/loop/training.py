@@ -11,6 +11,7 @@ optimizer's step, so a second optimizer would be unscaled by a scale the first o
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -306,7 +307,8 @@ def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator:
     saved_path = out_dir / "run_config.json"
     if saved_path.exists() and resume:
         saved = read_json(saved_path, "run config")
-        changed = sorted(k for k in set(saved) | set(task.run_config) if k != "train" and saved.get(k) != task.run_config.get(k))
+        live = json.loads(json.dumps(task.run_config))  # as saved: a tuple of settings reads back as a list
+        changed = sorted(k for k in set(saved) | set(live) if k != "train" and saved.get(k) != live.get(k))
         if changed:
             raise VqgenError(
                 f"{saved_path}: this run was started with other settings ({', '.join(changed)}); "
