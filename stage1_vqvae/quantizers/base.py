@@ -5,8 +5,10 @@
     quantizer.lookup(out.indices)  # == out.z_q in eval mode, for every kind
     quantizer.codebook_size        # K, derived from the settings (FSQ: product of levels; LFQ: 2**d)
 
-A kind supplies `quantize` (rows (N, D) -> `Quantized`) and `codes_to_vectors`; the reshapes and
-the usage/perplexity meters (`meters.py`) are written here once.
+A kind supplies `quantize` (z -> `Quantized`) and `lookup`; the usage and perplexity meters
+(`meters.py`) are applied here, once for every kind. FSQ and LFQ work on the channels in place
+((B, d, h, w), `project`): moving D last and back costs two copies of z, more than their whole
+quantization step.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
-from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
 from stage1_vqvae.quantizers.meters import CodeUsageMeters
 from vqgen.config import check, setting
@@ -60,10 +61,10 @@ class QuantizerOutput(NamedTuple):
 
 
 class Quantized(NamedTuple):
-    """What a kind's `quantize` returns for N rows."""
+    """What a kind's `quantize` returns."""
 
-    z_q: Tensor  # (N, D)
-    indices: Tensor  # (N,) int64
+    z_q: Tensor  # (B, D, h, w)
+    indices: Tensor  # (B, h, w) int64
     losses: dict[str, Tensor]
     counts: Tensor | None = None  # (K,) this process's code histogram, when the kind already made it
     global_counts: Tensor | None = None  # (K,) summed over ranks, when the kind already did (training)
@@ -79,17 +80,12 @@ class Quantizer(CodeUsageMeters, ABC):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         """z (B, D, h, w) -> QuantizerOutput(z_q (B, D, h, w), indices (B, h, w), losses, ...)."""
-        b, _, h, w = z.shape
-        q = self.quantize(rearrange(z, "b d h w -> (b h w) d"))
-        counts = torch.bincount(q.indices, minlength=self.codebook_size) if q.counts is None else q.counts
+        q = self.quantize(z)
+        counts = q.counts
+        if counts is None:
+            counts = torch.bincount(q.indices.flatten(), minlength=self.codebook_size)
         perplexity, usage = self.measure(counts, q.global_counts)
-        z_q = rearrange(q.z_q, "(b h w) d -> b d h w", b=b, h=h, w=w).to(z.dtype)
-        indices = rearrange(q.indices, "(b h w) -> b h w", b=b, h=h, w=w)
-        return QuantizerOutput(z_q, indices, q.losses, perplexity, usage)
-
-    def lookup(self, indices: Tensor) -> Tensor:
-        """indices (B, h, w) int64 -> z_q (B, D, h, w), equal to forward's z_q in eval mode."""
-        return rearrange(self.codes_to_vectors(indices), "b h w d -> b d h w")
+        return QuantizerOutput(q.z_q.to(z.dtype), q.indices, q.losses, perplexity, usage)
 
     def constants(self) -> dict[str, Tensor]:
         """Tensors derived from the settings alone (a grid's levels, bit values): registered as
@@ -103,11 +99,22 @@ class Quantizer(CodeUsageMeters, ABC):
 
     @abstractmethod
     def quantize(self, z: Tensor) -> Quantized:
-        """Rows z (N, D) -> their quantized rows, code ids and loss terms."""
+        """z (B, D, h, w) -> quantized z_q (B, D, h, w), code ids (B, h, w) and loss terms."""
 
     @abstractmethod
-    def codes_to_vectors(self, indices: Tensor) -> Tensor:
-        """Code ids (...) int64 -> vectors (..., D), as `quantize` outputs them in eval mode."""
+    def lookup(self, indices: Tensor) -> Tensor:
+        """indices (B, h, w) int64 -> z_q (B, D, h, w), equal to forward's z_q in eval mode."""
+
+
+def project(layer: nn.Linear | nn.Identity, x: Tensor) -> Tensor:
+    """`layer` applied to the channels of x (B, C, h, w) -> (B, C', h, w), in place of moving C last."""
+    if isinstance(layer, nn.Identity):
+        return x
+    b, c, h, w = x.shape
+    # (B, C', C) @ (B, C, hw): bmm of the weight expanded (not copied) over the batch; 2-4x faster
+    # on CPU than matmul's broadcasting, which copies x into rows, or a 1x1 conv.
+    y = torch.bmm(layer.weight.expand(b, -1, -1), x.reshape(b, c, h * w))
+    return y.add_(layer.bias.unsqueeze(1)).view(b, -1, h, w)
 
 
 def straight_through(x: Tensor, q: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, straight_through
+from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, project, straight_through
 from vqgen.config import setting
 
 BOUND_EPS = 1e-3  # appendix A.1: keeps tanh's range just wider than the outermost levels
@@ -52,26 +52,26 @@ class FiniteScalarQuantizer(Quantizer):
         self._register_constants()
 
     def constants(self) -> dict[str, Tensor]:
+        """The grid, one value per dimension, shaped (d, 1, 1) to broadcast over (B, d, h, w)."""
         # float32 arithmetic in vector-quantize-pytorch's order, so boundary values round alike.
         levels = torch.tensor(self.config.levels, dtype=torch.int32)
         half_l = (levels - 1) * (1 + BOUND_EPS) / 2
         offset = torch.where(levels % 2 == 0, 0.5, 0.0)
-        return {
-            "levels": levels.long(), "half_l": half_l, "offset": offset, "shift": torch.atanh(offset / half_l),
-            "half_width": (levels // 2).float(),
-            # Mixed radix, first dimension least significant (as vector-quantize-pytorch numbers codes).
-            "basis": torch.cumprod(torch.tensor([1, *self.config.levels[:-1]]), dim=0),
-        }
+        # Mixed radix, first dimension least significant (as vector-quantize-pytorch numbers codes).
+        basis = torch.cumprod(torch.tensor([1, *self.config.levels[:-1]]), dim=0)
+        values = {"levels": levels.long(), "half_l": half_l, "offset": offset, "shift": torch.atanh(offset / half_l),
+                  "half_width": (levels // 2).float(), "basis": basis}
+        return {name: value.view(-1, 1, 1) for name, value in values.items()}
 
     def quantize(self, z: Tensor) -> Quantized:
-        x = self.project_in(z).float()
+        x = project(self.project_in, z).float()  # (B, d, h, w)
         bounded = torch.tanh(x + self.shift) * self.half_l - self.offset
         rounded = bounded.round()
         # Straight through the rounding only: the gradient still sees the tanh bound (§3).
-        z_q = self.project_out(straight_through(bounded, rounded) / self.half_width)
+        z_q = project(self.project_out, straight_through(bounded, rounded) / self.half_width)
         indices = ((rounded + self.half_width).long() * self.basis).sum(1)
         return Quantized(z_q, indices, {})
 
-    def codes_to_vectors(self, indices: Tensor) -> Tensor:
-        digits = indices.unsqueeze(-1) // self.basis % self.levels
-        return self.project_out((digits - self.half_width) / self.half_width)
+    def lookup(self, indices: Tensor) -> Tensor:
+        digits = indices.unsqueeze(1) // self.basis % self.levels  # (B, d, h, w)
+        return project(self.project_out, (digits - self.half_width) / self.half_width)

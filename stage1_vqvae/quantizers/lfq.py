@@ -25,9 +25,10 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
-from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, straight_through
+from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, project, straight_through
 from stage1_vqvae.quantizers.distributed import mean_over_ranks
 from vqgen.config import setting
 
@@ -65,21 +66,23 @@ class LookupFreeQuantizer(Quantizer):
         self.group_sizes = [d // groups + (i < d % groups) for i in range(groups)]  # balanced, in bit order
 
     def constants(self) -> dict[str, Tensor]:
-        return {"bit_values": 2 ** torch.arange(self.config.bits - 1, -1, -1)}  # MSB first
+        # 2^(d-1) .. 1, MSB first, shaped (d, 1, 1) to broadcast over (B, d, h, w).
+        return {"bit_values": (2 ** torch.arange(self.config.bits - 1, -1, -1)).view(-1, 1, 1)}
 
     def quantize(self, z: Tensor) -> Quantized:
-        x = self.project_in(z).float()
+        x = project(self.project_in, z).float()  # (B, d, h, w)
         positive = x > 0
         q = torch.where(positive, 1.0, -1.0)
         indices = (positive.long() * self.bit_values).sum(1)
         losses = {"commitment": self.config.beta * F.mse_loss(x, q)}
         if self.training:
-            losses["entropy"] = self.config.entropy_weight * (self._sample_entropy(x) - self._codebook_entropy(x))
-        return Quantized(self.project_out(straight_through(x, q)), indices, losses)
+            rows = rearrange(x, "b d h w -> (b h w) d")
+            losses["entropy"] = self.config.entropy_weight * (self._sample_entropy(rows) - self._codebook_entropy(rows))
+        return Quantized(project(self.project_out, straight_through(x, q)), indices, losses)
 
-    def codes_to_vectors(self, indices: Tensor) -> Tensor:
-        bits = (indices.unsqueeze(-1) & self.bit_values) != 0
-        return self.project_out(torch.where(bits, 1.0, -1.0))
+    def lookup(self, indices: Tensor) -> Tensor:
+        bits = (indices.unsqueeze(1) & self.bit_values) != 0  # (B, d, h, w)
+        return project(self.project_out, torch.where(bits, 1.0, -1.0))
 
     def _sample_entropy(self, x: Tensor) -> Tensor:
         """E_n[H(p(c|z_n))]: the sum of the d per-dimension binary entropies, averaged over rows."""

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, straight_through
@@ -81,7 +82,8 @@ class VectorQuantizer(Quantizer):
         return F.normalize(self.embed, dim=1) if self.cosine and not self.config.ema else self.embed
 
     def quantize(self, z: Tensor) -> Quantized:
-        z_l = self.to_lookup_space(z)
+        b, _, h, w = z.shape
+        z_l = self.to_lookup_space(rearrange(z, "b d h w -> (b h w) d"))
         if self.training:
             self._prepare_codebook_(z_l.detach())
         codebook = self.codebook
@@ -93,13 +95,13 @@ class VectorQuantizer(Quantizer):
         losses = {"commitment": self.config.beta * F.mse_loss(z_l, e.detach())}
         if not self.config.ema:
             losses["codebook"] = F.mse_loss(z_l.detach(), e)
-        z_q = self.project_out(straight_through(z_l, e))
+        z_q = rearrange(self.project_out(straight_through(z_l, e)), "(b h w) d -> b d h w", b=b, h=h, w=w)
         counts = torch.bincount(indices, minlength=self.codebook_size)
         global_counts = self._update_codebook_(z_l.detach(), indices, counts) if self.training else None
-        return Quantized(z_q, indices, losses, counts, global_counts)
+        return Quantized(z_q, rearrange(indices, "(b h w) -> b h w", b=b, h=h, w=w), losses, counts, global_counts)
 
-    def codes_to_vectors(self, indices: Tensor) -> Tensor:
-        return self.project_out(self.codebook[indices])
+    def lookup(self, indices: Tensor) -> Tensor:
+        return rearrange(self.project_out(self.codebook[indices]), "b h w d -> b d h w")
 
     def to_lookup_space(self, z: Tensor) -> Tensor:
         """z (N, D) -> (N, d) float32 vectors compared with the codebook (d = lookup_dim or D)."""
