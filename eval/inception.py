@@ -14,15 +14,13 @@ differ only in file format and in how they expect their input:
   by `F.interpolate(bilinear, align_corners=False)` and scaled to [-1, 1] (pytorch-fid's own choice).
 
 Each source is fed exactly its own convention, recorded in `InceptionFeatures.resize` so that a
-reference statistic and the samples scored against it are known to match.
+reference statistic and the samples scored against it are known to match. The two `.pth` files load
+into eval/tf_inception.py's `TFInception`.
 
 The spatial features are the ADM evaluator's for sFID (Nash et al. 2021; guided-diffusion
 `evaluations/evaluator.py`): the first 7 channels of the graph's `mixed_6/conv` (Mixed_6d's 1x1
 branch, after its ReLU), 17x17 each, flattened in TF's (h, w, c) order as ADM's reference batches
-store them. Both ports expose that layer: fid-helper's TorchScript keeps the graph's names
-(`net.layers.mixed_6.conv`), and `TFInception` is `Mixed_6d.branch1x1`. The two `.pth` files
-load into `TFInception`, built from torchvision's Inception blocks with pytorch-fid's patches
-(modified from mseitzer/pytorch-fid `src/pytorch_fid/inception.py`, Apache-2.0).
+store them. Both ports expose that layer (eval/tf_inception.py).
 
 `find_weights` takes the first of: a path given, a `.pth` in the torch hub cache, fid-helper's file,
 and last pytorch-fid's released file downloaded into the hub cache.
@@ -42,12 +40,11 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from einops import rearrange
 from torch import nn
-from torchvision.models import inception as tv_inception
 from tqdm.auto import tqdm
 
+from eval.tf_inception import HelperActivations, TFActivations, TFInception
 from vqgen.errors import VqgenError
 from vqgen.runs import sha256_file
 
@@ -60,7 +57,6 @@ PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid
 URL_ENV = "VQGEN_INCEPTION_URL"  # a mirror of PYTORCH_FID_URL, for machines that cannot reach GitHub
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
-NUM_CLASSES = 1008
 SPATIAL_CHANNELS, SPATIAL_SIDE = 7, 17  # ADM's `mixed_6/conv:0`[..., :7] on a 299x299 input
 NUM_SPATIAL = SPATIAL_CHANNELS * SPATIAL_SIDE * SPATIAL_SIDE
 
@@ -184,93 +180,6 @@ def network_input(images: torch.Tensor, kind: str) -> torch.Tensor:
     return (x - 128.0) / 128.0
 
 
-class _FIDInceptionA(tv_inception.InceptionA):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # TF's average pool leaves the zero padding out of the mean (pytorch-fid's patch).
-        pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([self.branch1x1(x), b5, b3, pool], 1)
-
-
-class _FIDInceptionC(tv_inception.InceptionC):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        d = self.branch7x7dbl_1(x)
-        for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
-            d = layer(d)
-        pool = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return torch.cat([self.branch1x1(x), b7, d, pool], 1)
-
-
-class _FIDInceptionE(tv_inception.InceptionE):
-    def __init__(self, in_channels: int, max_pool: bool):
-        super().__init__(in_channels)
-        # The graph's last block (mixed_10) max-pools where the paper average-pools.
-        self.max_pool = max_pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
-        if self.max_pool:
-            pool = F.max_pool2d(x, 3, stride=1, padding=1)
-        else:
-            pool = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pool)], 1)
-
-
-class TFInception(torchvision.models.Inception3):
-    """The TF 2015-12-05 graph in torchvision's module names (the key layout of pytorch-fid's and
-    torch-fidelity's weight files). `activations(x)`: (B, 3, 299, 299) in [-1, 1] -> pool (B, 2048)
-    and mixed_6/conv (B, 192, 17, 17)."""
-
-    def __init__(self):
-        super().__init__(num_classes=NUM_CLASSES, aux_logits=False, init_weights=False)
-        self.Mixed_5b = _FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = _FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = _FIDInceptionA(288, pool_features=64)
-        self.Mixed_6b = _FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = _FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = _FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = _FIDInceptionC(768, channels_7x7=192)
-        self.Mixed_7b = _FIDInceptionE(1280, max_pool=False)
-        self.Mixed_7c = _FIDInceptionE(2048, max_pool=True)
-
-    def activations(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
-        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        for name in ("5b", "5c", "5d", "6a", "6b", "6c"):
-            x = getattr(self, f"Mixed_{name}")(x)
-        spatial = self.Mixed_6d.branch1x1(x)  # TF's mixed_6/conv; computed again inside Mixed_6d (1x1: cheap)
-        for name in ("6d", "6e", "7a", "7b", "7c"):
-            x = getattr(self, f"Mixed_{name}")(x)
-        return self.avgpool(x).flatten(1), spatial
-
-
-class _SplitHelperNet(nn.Module):
-    """fid-helper's scripted network, its layers called one by one so that mixed_6/conv's output comes
-    out beside the pool features (its own forward returns the pool features only)."""
-
-    def __init__(self, layers: nn.Module):
-        super().__init__()
-        names = [name for name, _ in layers.named_children()]
-        cut = names.index("mixed_6")
-        self.stem = nn.ModuleList([getattr(layers, name) for name in names[:cut]])
-        self.mixed_6 = layers.mixed_6
-        self.head = nn.ModuleList([getattr(layers, name) for name in names[cut + 1:]])
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        for layer in self.stem:
-            x = layer(x)
-        spatial = self.mixed_6.conv(x)
-        x = self.mixed_6(x)
-        for layer in self.head:
-            x = layer(x)
-        return x.flatten(1), spatial  # pool2 is (B, 2048, 1, 1)
-
-
 def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module, torch.Tensor | None]:
     """The network, x -> (pool (B, 2048), mixed_6/conv (B, 192, 17, 17)), and the logit matrix
     (K=1008, 2048), None where the file has none."""
@@ -280,7 +189,7 @@ def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module
         # no output bit and runs faster on CPU. Channels-last convolutions are ~15% faster on CPU
         # (bench/inception.py) and are what cuDNN prefers too.
         scripted = torch.jit.load(str(source.path), map_location=device).eval()
-        net = torch.jit.script(_SplitHelperNet(scripted.net.layers)).eval().to(memory_format=torch.channels_last)
+        net = torch.jit.script(HelperActivations(scripted.net.layers)).eval().to(memory_format=torch.channels_last)
         return torch.jit.freeze(net), None
     net = TFInception()
     state = torch.load(source.path, map_location="cpu", weights_only=True)
@@ -289,18 +198,7 @@ def _load_network(source: WeightSource, device: torch.device) -> tuple[nn.Module
     except RuntimeError as err:
         raise VqgenError(f"{source.path}: not a TF Inception 2015-12-05 state dict ({str(err)[:200]})") from None
     fc = net.fc.weight.detach().clone().to(device)
-    return _Activations(net).eval().to(device, memory_format=torch.channels_last), fc
-
-
-class _Activations(nn.Module):
-    """`TFInception.activations` as a module's forward, as the scripted network has it."""
-
-    def __init__(self, net: TFInception):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.net.activations(x)
+    return TFActivations(net).eval().to(device, memory_format=torch.channels_last), fc
 
 
 class InceptionFeatures(nn.Module):

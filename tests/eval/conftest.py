@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.inception import TFInception
+from eval.tf_inception import TFInception
 
 
 @pytest.fixture(scope="session")
