@@ -5,7 +5,7 @@ id against the data's labels, a batch against the training split, a prior preset
 stop a run hours in, naming a flag of a single-stage command. Here each is refused before anything
 runs or is written, naming the pipeline's keys. The data set is opened (its size and labels), the
 model configs are built and the prior is built on the meta device (no weights allocated), and the
-Inception weights are found; nothing is trained.
+Inception weights (and LPIPS's VGG16 weights, for a perceptual loss) are found; nothing is trained.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from eval.inception import find_weights
 from sampling.generate import UNCOND, GridSpec, check_config, plan_labels
-from stage1_vqvae.train import build_model_config, model_settings
+from stage1_vqvae.train import build_model_config, check_loss_settings, model_settings
 from stage2_prior.registry import prior_kind
 from stage2_prior.train import build_prior
 from stage2_prior.vocab import PriorVocab
@@ -86,6 +86,7 @@ def _check_models(cfg: PipelineConfig, facts: DataFacts) -> None:
     """The tokenizer's config, the prior for its codebook, grid and the data's classes, and the
     settings the prior's sampler takes (MaskGIT's steps within T, no KV cache; no steps for an AR prior)."""
     tokenizer = build_model_config(model_settings(cfg.tokenizer), cfg.data, facts.channels)
+    check_loss_settings(cfg.tokenizer)  # LPIPS weights found, no Inception backbone, a patch left
     spec = GridSpec(PriorVocab(tokenizer.codebook_size, facts.num_classes), tokenizer.grid_size, tokenizer.grid_size)
     with torch.device("meta"):
         build_prior(cfg.prior, spec.vocab, spec.grid_h, spec.grid_w)

@@ -27,6 +27,10 @@ INCEPTION_ROWS = [("FID", "fid"), ("sFID", "sfid"), ("KID (mean)", "kid_mean"), 
                   ("precision", "precision"), ("recall", "recall"), ("density", "density"), ("coverage", "coverage")]
 CURVES = [("tokenizer", "train/loss", "tokenizer train loss"), ("tokenizer", "val/usage", "tokenizer val usage %"),
           ("prior", "val/bits_per_token", "prior val bits/token"), ("prior", "train/loss", "prior train NLL (nats)")]
+# Drawn when the tokenizer trained with a discriminator (VQGAN's loss); a tuple of keys shares one plot.
+GAN_CURVES = [("tokenizer", ("train/g_loss", "train/d_loss"), "tokenizer GAN losses"),
+              ("tokenizer", ("train/logits_real", "train/logits_fake"), "discriminator logits"),
+              ("tokenizer", "train/adaptive_weight", "adversarial weight (VQGAN eq. 7)")]
 
 
 def write_run_report(out: Path, records: dict[str, dict[str, Any]]) -> Path:
@@ -34,7 +38,7 @@ def write_run_report(out: Path, records: dict[str, dict[str, Any]]) -> Path:
     summary = summarize(records)
     write_json(out / "metrics.json", {"summary": summary, "stages": records, "versions": versions(),
                                       "machine": machine()})
-    plot_curves(out, out / "curves.png", run_curves(records.get("prior", {})))
+    plot_curves(out, out / "curves.png", run_curves(records.get("prior", {})) + gan_curves(out))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(out, summary, records))
     return out / "report.md"
@@ -50,6 +54,12 @@ def run_curves(prior: dict[str, Any]) -> list[tuple[str, str, str]]:
     """CURVES with the prior's own val curve: bits/token, or a masked prior's masked-code NLL."""
     key, title = prior_objective(prior).curve
     return [("prior", key, title) if curve[1] == "val/bits_per_token" else curve for curve in CURVES]
+
+
+def gan_curves(run: Path) -> list[tuple[str, str | tuple[str, ...], str]]:
+    """GAN_CURVES when the run's tokenizer trained a discriminator, else none."""
+    rows = MetricsLog(run / "tokenizer" / "metrics.jsonl").read()
+    return GAN_CURVES if any("train/d_loss" in r for r in rows) else []
 
 
 def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -87,17 +97,21 @@ def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "gpu": gpu}
 
 
-def plot_curves(run: Path, path: Path, curves: list[tuple[str, str, str]] = CURVES) -> None:
-    """Tokenizer loss and usage, prior val NLL, against steps: (stage, metric key, title) each."""
+def plot_curves(run: Path, path: Path, curves: list[tuple[str, str | tuple[str, ...], str]] = CURVES) -> None:
+    """Tokenizer loss and usage, prior val NLL, against steps: (stage, metric key or keys, title) each."""
     # A figure on its own Agg canvas, not pyplot: files only, never a window, and no global backend
     # switched for whoever imported vqgen.
     fig = Figure(figsize=(4 * len(curves), 3))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(curves))
-    for ax, (stage, key, title) in zip(axes, curves):
-        points = [(r["step"], r[key]) for r in MetricsLog(run / stage / "metrics.jsonl").read() if key in r]
-        if points:
-            ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
+    for ax, (stage, keys, title) in zip(axes, curves):
+        rows = MetricsLog(run / stage / "metrics.jsonl").read()
+        for key in (keys,) if isinstance(keys, str) else keys:
+            points = [(r["step"], r[key]) for r in rows if key in r]
+            if points:
+                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=key.removeprefix("train/"))
+        if not isinstance(keys, str):
+            ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

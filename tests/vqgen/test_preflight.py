@@ -70,3 +70,17 @@ def test_the_cli_refuses_before_writing(folder, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "error: sample.n=5 < eval.inception_n=8" in err and "Traceback" not in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("changes,message", [
+    (["--tokenizer.loss.perceptual_weight=1"], "tokenizer.loss.perceptual_weight > 0 needs LPIPS's ImageNet VGG16 weights"),
+    (["--tokenizer.loss.perceptual_network=inception"], "the Inception network that scores FID is never a training loss"),
+    (["--tokenizer.loss.adversarial.weight=0.5", "--tokenizer.loss.adversarial.discriminator_layers=4"],
+     "discriminator_layers=4 halves data.image_size=16 until no patch is left"),
+])
+def test_the_tokenizer_loss_is_refused_before_stage_1(folder, tmp_path, monkeypatch, changes, message):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub cache: no VGG16 weights
+    monkeypatch.delenv("VQGEN_LPIPS_WEIGHTS", raising=False)
+    with pytest.raises(VqgenError) as err:
+        check_pipeline(config(folder, *changes))
+    assert message in str(err.value) and "\n" not in str(err.value)

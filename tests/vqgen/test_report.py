@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vqgen.report import CURVES, markdown, plot_curves, summarize
+from vqgen.report import CURVES, GAN_CURVES, gan_curves, markdown, plot_curves, summarize
 from vqgen.runs import MetricsLog
 
 CLASSIFIER = {"classifier FID (fashion-mnist CNN)": 3.25, "classifier IS (fashion-mnist CNN)": 7.5,
@@ -53,3 +53,16 @@ def test_importing_the_report_leaves_matplotlib_backend_alone():
     env = {**os.environ, "MPLBACKEND": "svg"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "svg"
+
+
+def test_a_tokenizer_trained_with_a_discriminator_gets_its_gan_curves(tmp_path):
+    log = MetricsLog(tmp_path / "tokenizer" / "metrics.jsonl")
+    log.append({"step": 1, "train/loss": 2.0})
+    assert gan_curves(tmp_path) == []
+    for step in (2, 3):
+        log.append({"step": step, "train/loss": 1.0, "train/g_loss": -0.1, "train/d_loss": 0.9, "train/logits_real": 0.2,
+                    "train/logits_fake": -0.2, "train/adaptive_weight": 0.5})
+    assert gan_curves(tmp_path) == GAN_CURVES
+    plot_curves(tmp_path, tmp_path / "curves.png", CURVES + gan_curves(tmp_path))
+    with Image.open(tmp_path / "curves.png") as im:
+        assert im.size == (100 * 4 * (len(CURVES) + len(GAN_CURVES)), 100 * 3)
