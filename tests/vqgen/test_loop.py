@@ -293,6 +293,21 @@ def test_a_nan_loss_of_the_second_network_stops_the_run(tmp_path):
     assert _all_finite(_weights_of(_checkpoint(tmp_path, 4), "critic"))
 
 
+def test_each_network_is_clipped_on_its_own(tmp_path):
+    seen = {}  # the gradient norms each optimizer sees
+    handle = register_optimizer_step_pre_hook(lambda optimizer, *_: seen.setdefault(
+        id(optimizer), []).append(float(torch.nn.utils.get_total_norm(
+            [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]))))
+    try:
+        fit(AdversarialTask(start=2), dataclasses.replace(CFG, steps=4, grad_clip=1e-3), tmp_path)
+    finally:
+        handle.remove()
+    assert sorted(len(norms) for norms in seen.values()) == [2, 4]  # the critic from step index 2 on
+    assert all(norm <= 1e-3 * (1 + 1e-4) for norms in seen.values() for norm in norms)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train/critic_grad_norm"] > 1e-2 for r in logged if "train/critic_grad_norm" in r)
+
+
 def test_each_network_steps_under_its_own_loss_scale():
     """An fp16 overflow in one network's gradients skips that network's step and halves its scale only.
     (Accelerate's one scaler would halve the scale of both, and unscale the second by the changed scale.)"""
