@@ -14,7 +14,7 @@ the declaration every run setting uses, and its `__post_init__` starts with `che
             super().__post_init__(**kwargs)
 
 A value of the wrong type or out of range is then one line that names the key, before any weight
-is made: "tokenizer config: model.codebook_size must be >= 2, got 1 (...); fix the value".
+is made: "tokenizer config: model.code_dim must be >= 1, got 0 (...); fix the value".
 """
 
 from __future__ import annotations
