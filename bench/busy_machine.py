@@ -6,7 +6,7 @@ Each condition runs the demo tokenizer's training (`train_tokenizer`, default pr
 torch chooses them) in a fresh process and reads seconds per step from its metrics.jsonl, after
 the first WARMUP steps. Two policies are compared in the same run:
   today  - the environment as it is (libgomp's default spin-wait),
-  vqgen  - what `vqgen` sets before torch loads (vqgen.cpu_threads.configure_cpu_threads).
+  vqgen  - what `vqgen` sets before torch loads (core.cpu_threads.configure_cpu_threads).
 For each policy: s/step idle, beside one process spinning in a Python loop, and beside a second
 identical training run (the mean of the two), as ratios of its own idle speed. Medians over
 --repeats. Prints one JSON line and writes bench/results/busy_machine.json.
@@ -36,15 +36,15 @@ SPIN = "while True: pass"
 def worker(policy: str, steps: int, out: Path) -> None:
     """Train for `steps` and write the seconds per step after WARMUP to `out` (runs in a child)."""
     if policy == "vqgen":
-        from vqgen.cpu_threads import configure_cpu_threads
+        from core.cpu_threads import configure_cpu_threads
 
         configure_cpu_threads()
     else:
         os.environ.update(CANDIDATES[policy])
     import dataclasses
 
+    from core.runs import MetricsLog
     from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
-    from vqgen.runs import MetricsLog
 
     cfg = TokenizerRunConfig()
     train = dataclasses.replace(cfg.train, steps=steps, log_every=1, eval_every=10 * steps, save_every=10 * steps)
@@ -108,7 +108,7 @@ def main() -> None:
                         "machine": platform.machine(), "load_avg_1min_before": round(os.getloadavg()[0], 2)},
               "result": measure(args.steps, args.repeats, args.policies.split(","))}
     RESULT.parent.mkdir(exist_ok=True)
-    from vqgen.runs import write_json
+    from core.runs import write_json
 
     write_json(RESULT, record)
     print(json.dumps(record, sort_keys=True))

@@ -12,8 +12,8 @@ import platform
 import sys
 from pathlib import Path
 
+from core.runs import read_json, write_json
 from vqgen.cli import main as vqgen_main
-from vqgen.runs import read_json, write_json
 
 RESULT = Path(__file__).parent / "results" / "demo.json"
 CONFIG = "configs/fashion-mnist.yaml"

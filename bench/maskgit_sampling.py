@@ -25,12 +25,12 @@ from pathlib import Path
 
 import torch
 
+from core.runs import write_json
 from sampling.generate import GridSpec, SampleConfig, generate_gpt
 from sampling.maskgit import generate_maskgit
 from stage2_prior.gpt import build_gpt, count_parameters
 from stage2_prior.maskgit import build_maskgit
 from stage2_prior.vocab import PriorVocab
-from vqgen.runs import write_json
 
 PRESET, N, BATCH, REPEATS = "demo", 10, 64, 3
 GRIDS = {8: 512, 16: 1024}  # grid side -> K

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from core.runs import write_json
 from stage2_prior.gpt import build_gpt, count_parameters
 from stage2_prior.pixelcnn import build_pixelcnn
 from stage2_prior.registry import prior_kind
 from stage2_prior.vocab import PriorVocab
-from vqgen.runs import write_json
 
 K, N, GRID, BATCH = 1024, 10, 16, 8
 RESULTS = Path(__file__).parent / "results"

@@ -26,16 +26,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.config import load_config
+from core.data import load_images
+from core.errors import VqgenError
+from core.runs import write_json
 from eval.cache import StatsCache
 from eval.classifier_fid import classifier_fid
 from eval.fid import fid
 from sampling.decode import sample
 from sampling.generate import SampleConfig
-from vqgen.config import load_config
-from vqgen.data import load_images
-from vqgen.errors import VqgenError
 from vqgen.pipeline import PipelineConfig
-from vqgen.runs import write_json
 
 N = 10_000  # samples, and test images: the protocol of Lucic et al. (2018) and the tables after it
 RESULT = Path(__file__).parent / "results" / "quality.json"

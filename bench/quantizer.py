@@ -28,8 +28,8 @@ import torch
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
+from core.runs import write_json
 from stage1_vqvae.quantizers import VectorQuantizer, VQConfig
-from vqgen.runs import write_json
 
 K, D, BATCH, GRID = 1024, 64, 16, 32  # 16 * 32 * 32 = 16,384 vectors
 DECAY, BETA = 0.99, 0.25

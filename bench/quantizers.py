@@ -31,8 +31,8 @@ import torch
 from torch import Tensor, nn
 from vector_quantize_pytorch import FSQ, LFQ
 
+from core.runs import write_json
 from stage1_vqvae.quantizers import build_quantizer, quantizer_settings
-from vqgen.runs import write_json
 
 BATCH, GRID = 16, 32  # 16 * 32 * 32 = 16,384 vectors
 LEVELS, BITS, BETA, ENTROPY_WEIGHT, TEMPERATURE = [8, 5, 5, 5], 10, 0.25, 0.1, 0.01

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 
+from core.runs import sha256_file, write_json
 from sampling.decode import sample
 from sampling.generate import GridSpec, SampleConfig, generate_gpt
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.gpt import build_gpt, count_parameters
 from stage2_prior.load import PriorMeta, load_prior, write_prior_meta
 from stage2_prior.vocab import PriorVocab
-from vqgen.runs import sha256_file, write_json
 
 K, N, GRID, BATCH = 1024, 10, 16, 4
 RESULT = Path(__file__).parent / "results" / "sampling.json"

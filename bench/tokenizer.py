@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
+from core.runs import MetricsLog, write_json
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
-from vqgen.runs import MetricsLog, write_json
 
 RESULT = Path(__file__).parent / "results" / "tokenizer.json"
 

@@ -30,14 +30,14 @@ from pathlib import Path
 
 import torch
 
+from core.config import load_config
+from core.runs import MetricsLog, write_json
 from eval.recon import rfid, tokenizer_metrics
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.train import train_tokenizer
 from stage2_prior.train import train_prior
-from vqgen.config import load_config
 from vqgen.pipeline import PipelineConfig
-from vqgen.runs import MetricsLog, write_json
 
 CONFIG = "configs/fashion-mnist.yaml"
 QUANTIZERS = {

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from core.data import load_images
+from core.runs import write_json
 from eval.cache import StatsCache
 from eval.classifier import ClassifierRunConfig, load_classifier, train_classifier
 from eval.classifier_fid import classifier_outputs
@@ -39,8 +41,6 @@ from eval.scores import frechet_distance, stats_of
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.losses import AdversarialConfig, LossConfig
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
-from vqgen.data import load_images
-from vqgen.runs import write_json
 
 RESULT = Path(__file__).parent / "results" / "vqgan.json"
 

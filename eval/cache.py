@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from core.errors import VqgenError
+from core.runs import read_json, write_json
 from eval.reference import RefStats, load_ref, save_ref
-from vqgen.errors import VqgenError
-from vqgen.runs import read_json, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from vqgen.config import setting, to_dict
-from vqgen.data import DataConfig, load_images
-from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig, fit
-from vqgen.model_config import check_settings
-from vqgen.model_folder import load_model, model_folder
-from vqgen.runs import write_json
+from core.config import setting, to_dict
+from core.data import DataConfig, load_images
+from core.errors import VqgenError
+from core.loop import TrainConfig, fit
+from core.model_config import check_settings
+from core.model_folder import load_model, model_folder
+from core.runs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ FIX = "train one with `vqgen train-classifier`"
 POOLED = 4  # side of the pooled feature map, whatever the image size
 
 
-@strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
+@strict  # a dataclass with checks on construction, as transformers' own configs are (core/model_config.py)
 class ClassifierConfig(PreTrainedConfig):
     """Conv stages (conv-BN-ReLU-maxpool, each halves the image), a 4x4 average pool, a `feature_dim`
     layer, the class head. One conv per stage keeps training to ~1-2 CPU minutes."""
@@ -118,7 +118,7 @@ class ClassifierRunConfig:
 
 
 class ClassifierTask:
-    """Cross-entropy on labelled images, as `vqgen.loop.fit` wants it (the TrainTask protocol)."""
+    """Cross-entropy on labelled images, as `core.loop.fit` wants it (the TrainTask protocol)."""
 
     def __init__(self, cfg: ClassifierRunConfig):
         self.cfg = cfg

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
+from core.data import DataConfig
+from core.runs import sha256_file
 from eval.classifier import Classifier, classifier_folder, load_classifier
 from eval.data_stats import data_batches, reference_split
 from eval.inception import require_finite
 from eval.samples import SampleFolder, check_reference_format
 from eval.scores import frechet_distance, inception_score, stats_of
-from vqgen.data import DataConfig
-from vqgen.runs import sha256_file
 
 BATCH = 500
 

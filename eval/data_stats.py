@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from core.data import DataConfig, ImageDataset, load_images
+from core.pixels import to_uint8
 from eval.cache import KEY_VERSION, StatsCache
 from eval.inception import InceptionFeatures, WeightSource, extract_features
 from eval.reference import RefStats
 from eval.samples import check_available, check_count
 from eval.scores import stats_of
-from vqgen.data import DataConfig, ImageDataset, load_images
-from vqgen.pixels import to_uint8
 
 BATCH_SIZE = 50  # pytorch-fid's default
 

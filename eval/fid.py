@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 
+from core.config import apply
+from core.data import DataConfig
+from core.errors import VqgenError
 from eval.cache import StatsCache
 from eval.data_stats import BATCH_SIZE, Network, protocol, reference_split, split_stats
 from eval.floor import prepare_floor
@@ -36,9 +39,6 @@ from eval.inception import (
 from eval.reference import RefStats, claim_ref_out, load_ref, save_ref, sidecar_of
 from eval.samples import ImageFormat, SampleFolder, check_reference_format
 from eval.scores import inception_score, scores, stats_of
-from vqgen.config import apply
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
 
 logger = logging.getLogger(__name__)
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from core.data import DataConfig, load_images
+from core.errors import VqgenError
 from eval.cache import StatsCache
 from eval.data_stats import Network, split_stats
 from eval.inception import WeightSource
 from eval.reference import RefStats
 from eval.scores import scores
-from vqgen.data import DataConfig, load_images
-from vqgen.errors import VqgenError
 
 # Another split than the reference's: train, or for a train reference test. Where a source stores
-# no val or test split, vqgen cuts them from train and train is what is left (vqgen/data/splits.py).
+# no val or test split, vqgen cuts them from train and train is what is left (core/data/splits.py).
 FLOOR_SPLIT = {"test": "train", "val": "train", "train": "test"}
 
 Floor = Callable[[Network, RefStats], dict[str, Any] | str]

@@ -44,15 +44,14 @@ from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.errors import VqgenError
+from core.inception_files import PYTORCH_FID_GLOB, TORCH_FIDELITY_GLOB
+from core.runs import sha256_file
 from eval.tf_inception import HelperActivations, TFActivations, TFInception
-from vqgen.errors import VqgenError
-from vqgen.runs import sha256_file
 
 logger = logging.getLogger(__name__)
 
 FID_HELPER_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
-PYTORCH_FID_GLOB = "pt_inception-2015-12-05-*.pth"
-TORCH_FIDELITY_GLOB = "weights-inception-2015-12-05-*.pth"
 PYTORCH_FID_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 URL_ENV = "VQGEN_INCEPTION_URL"  # a mirror of PYTORCH_FID_URL, for machines that cannot reach GitHub
 INPUT_SIZE = 299

@@ -14,17 +14,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from eval.cache import StatsCache
-from eval.data_stats import BATCH_SIZE, data_batches, protocol, split_stats
-from eval.inception import extract_features, find_weights, network_loader
-from eval.scores import frechet_distance
-from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores
-from stage1_vqvae.load import load_tokenizer, tokenizer_folder
-from stage1_vqvae.model import VQVAE
-from vqgen.data import DataConfig, ImageDataset, load_images
-from vqgen.errors import VqgenError
-from vqgen.pixels import to_uint8
-from vqgen.runs import (
+from core.data import DataConfig, ImageDataset, load_images
+from core.errors import VqgenError
+from core.pixels import to_uint8
+from core.runs import (
     REPLACED_WHOLE,
     atomic_path,
     claim_output,
@@ -32,6 +25,13 @@ from vqgen.runs import (
     sha256_file,
     write_json,
 )
+from eval.cache import StatsCache
+from eval.data_stats import BATCH_SIZE, data_batches, protocol, split_stats
+from eval.inception import extract_features, find_weights, network_loader
+from eval.scores import frechet_distance
+from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores
+from stage1_vqvae.load import load_tokenizer, tokenizer_folder
+from stage1_vqvae.model import VQVAE
 
 logger = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import VqgenError
+from core.runs import OutputLock, atomic_path, read_json, write_json
 from eval.inception import NUM_FEATURES, NUM_SPATIAL
 from eval.report import check_output_file, claim_file, json_has_keys, written
-from vqgen.errors import VqgenError
-from vqgen.runs import OutputLock, atomic_path, read_json, write_json
 
 SIDECAR_KEYS = ("network", "weights_sha", "n", "split")  # what every sidecar of ours holds
 REMAKE = "make it again with `vqgen fid-ref`"

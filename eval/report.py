@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vqgen.errors import VqgenError
-from vqgen.markdown import cell, table
-from vqgen.runs import OutputLock, atomic_path, write_json
+from core.errors import VqgenError
+from core.markdown import cell, table
+from core.runs import OutputLock, atomic_path, write_json
 
 REPORT_KEYS = ("fid", "network", "weights_sha", "reference")  # what every `vqgen fid` report holds
 FLOOR_KEYS = ("fid", "sfid", "kid_mean", "precision", "recall", "density", "coverage")  # scores the floor has
@@ -141,7 +141,7 @@ def claim_report(out: str | Path) -> OutputLock:
 
 
 def claim_file(path: Path) -> OutputLock:
-    """Lock the output file `path` (`.NAME.lock` beside it, vqgen.runs.OutputLock): a second vqgen
+    """Lock the output file `path` (`.NAME.lock` beside it, core.runs.OutputLock): a second vqgen
     process writing it is refused in one line, and two writers never mix their files."""
     lock = OutputLock(path)
     lock.acquire()

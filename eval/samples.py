@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vqgen.data import BAD_IMAGE, IMAGE_SUFFIXES
-from vqgen.errors import VqgenError
+from core.data import BAD_IMAGE, IMAGE_SUFFIXES
+from core.errors import VqgenError
 
 MIN_IMAGES = 2  # a covariance needs two images (KID needs four and says so where it is reported)
 GREY_MODES = ("1", "L")

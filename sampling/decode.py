@@ -16,15 +16,15 @@ import torch
 from accelerate import PartialState
 from tqdm import tqdm
 
+from core.distributed import process_state
+from core.errors import VqgenError
+from core.runs import claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
 from sampling.generate import GridSpec, SampleConfig, check_config, generate, plan_labels
+from sampling.samplers import sampler_for
 from sampling.write import GRID_MAX, finished, join_codes, write_grid, write_images, write_shard
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.model import VQVAE
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
-from stage2_prior.registry import prior_kind
-from vqgen.distributed import process_state
-from vqgen.errors import VqgenError
-from vqgen.runs import claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     if cfg.per_class > 0:
         settings["n"] = None  # ignored: the count is per_class x classes
     check_config(cfg, prior.meta.num_classes, source=str(prior_folder(prior_dir)))
-    prior_kind(prior.meta.arch).sampler.check(cfg, grid_spec(prior), str(prior_folder(prior_dir)))
+    sampler_for(prior.meta.arch).check(cfg, grid_spec(prior), str(prior_folder(prior_dir)))
     if cfg.seed < 0:
         raise VqgenError(f"sample.seed={cfg.seed}: must be 0 or more (each sample's stream is seeded from it); "
                          "pass e.g. --seed 0")
@@ -119,7 +119,7 @@ def grid_spec(prior: LoadedPrior) -> GridSpec:
 def _sample_indices(prior: LoadedPrior, tokenizer: VQVAE, cfg: SampleConfig, labels: torch.Tensor,
                     indices: list[int], out: Path, state: PartialState) -> None:
     """Sample, decode and write this process's share of the indices, batch by batch."""
-    draw = prior_kind(prior.meta.arch).sampler.draw
+    draw = sampler_for(prior.meta.arch).draw
     model, tokenizer = prior.model.to(state.device), tokenizer.to(state.device)
     batches = generate(model, draw, grid_spec(prior), labels[indices], indices, cfg)
     total = -(-len(indices) // cfg.batch_size)

@@ -24,10 +24,10 @@ from einops import rearrange
 from torch import Tensor
 from transformers import DynamicCache, StaticCache
 
+from core.config import setting
+from core.errors import VqgenError
 from sampling.logits import Filters, SampleNoise, guide, pick
 from stage2_prior.vocab import PriorVocab
-from vqgen.config import setting
-from vqgen.errors import VqgenError
 
 UNCOND = -1  # the label of an unconditional sample
 KV_CACHES = ("dynamic", "static", "none")

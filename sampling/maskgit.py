@@ -24,11 +24,11 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from core.errors import VqgenError
 from sampling.generate import GridSpec, SampleConfig, Sampler, both_halves, condition_rows
 from sampling.logits import SampleNoise, draw, guide, shape
 from stage2_prior.maskgit import mask_token, maskgit_logits
 from stage2_prior.masking import lowest
-from vqgen.errors import VqgenError
 
 DEFAULT_STEPS = 8  # the paper's ImageNet setting (sec. 4.2)
 DEFAULT_CHOICE_TEMPERATURE = 4.5  # the paper's code, configs/maskgit_class_cond_config.py

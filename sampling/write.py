@@ -19,8 +19,8 @@ from torch import Tensor
 from torchvision.io import decode_png, encode_png
 from torchvision.utils import make_grid
 
-from vqgen.pixels import to_uint8
-from vqgen.runs import atomic_path
+from core.pixels import to_uint8
+from core.runs import atomic_path
 
 GRID_MAX = 100  # images shown in grid.png
 

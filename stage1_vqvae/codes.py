@@ -26,14 +26,12 @@ from accelerate import PartialState
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-import vqgen
-from stage1_vqvae.load import load_tokenizer, tokenizer_folder
-from stage1_vqvae.model import VQVAE
-from vqgen.config import to_dict
-from vqgen.data import DataConfig, ImageDataset, load_images
-from vqgen.distributed import process_state
-from vqgen.errors import VqgenError
-from vqgen.runs import (
+import core
+from core.config import to_dict
+from core.data import DataConfig, ImageDataset, load_images
+from core.distributed import process_state
+from core.errors import VqgenError
+from core.runs import (
     REPLACED_WHOLE,
     atomic_path,
     claim_output,
@@ -42,6 +40,8 @@ from vqgen.runs import (
     sha256_file,
     write_json,
 )
+from stage1_vqvae.load import load_tokenizer, tokenizer_folder
+from stage1_vqvae.model import VQVAE
 
 FORMAT_VERSION = 1
 META_FILE = "vqgen_codes.json"
@@ -122,7 +122,7 @@ def _meta(tokenizer_path: str | Path, tokenizer: VQVAE, sets: dict[str, ImageDat
     return CodeGridMeta(
         FORMAT_VERSION, tokenizer.config.codebook_size, grid[0], grid[1], data.image_size, first.channels,
         first.num_classes, data.spec, {split: len(images) for split, images in sets.items()},
-        tokenizer_sha256(tokenizer_path), str(tokenizer_folder(tokenizer_path).resolve()), vqgen.__version__,
+        tokenizer_sha256(tokenizer_path), str(tokenizer_folder(tokenizer_path).resolve()), core.__version__,
         data=to_dict(data), skipped={split: images.skipped for split, images in sets.items()},
     )
 

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from vqgen.errors import VqgenError
+from core.errors import VqgenError
 
 KERNEL, MAX_WIDTH_MULT, MAX_GROUPS = 4, 8, 32
 

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 from torchvision.utils import save_image
 
+from core.runs import atomic_path
 from stage1_vqvae.losses import psnr_from_mse
 from stage1_vqvae.quantizers import code_perplexity
-from vqgen.runs import atomic_path
 
 # How a grid places each reconstruction, and how many tiles that makes a row of `cols` pairs: at its
 # original's right, or a row of originals above a row of their reconstructions.

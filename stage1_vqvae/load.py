@@ -2,19 +2,19 @@
 
 The folder is `save_pretrained` output (config.json + model.safetensors) plus `vqgen_tokenizer.json`,
 the training record written by `stage1_vqvae/train.py`; a path may name the folder itself or the
-training run folder that holds it as model/ (the rule of `vqgen.model_folder`).
+training run folder that holds it as model/ (the rule of `core.model_folder`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from core.config import apply
+from core.data import DataConfig
+from core.errors import VqgenError
+from core.model_folder import load_model, model_folder
+from core.runs import read_json
 from stage1_vqvae.model import MODEL_TYPE, VQVAE
-from vqgen.config import apply
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
-from vqgen.model_folder import load_model, model_folder
-from vqgen.runs import read_json
 
 TRAINING_FILE = "vqgen_tokenizer.json"  # {"data": DataConfig, "val": metrics, ...}, written by train.py
 FIX = "train one with `vqgen train-tokenizer`"

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from accelerate.utils import reduce
 from torch import nn
 
+from core.config import setting
 from stage1_vqvae.model import VQVAEOutput
-from vqgen.config import setting
 
 RECONSTRUCTION = ("mse", "l1")
 GAN_LOSSES = ("hinge", "non_saturating")

@@ -17,6 +17,9 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from core.config import setting
+from core.errors import VqgenError
+from core.model_config import ModelConfigError, check_settings, refuse
 from stage1_vqvae.blocks import Decoder, Encoder
 from stage1_vqvae.quantizers import (
     DEFAULT_KIND,
@@ -26,9 +29,6 @@ from stage1_vqvae.quantizers import (
     quantizer_settings,
     settings_dict,
 )
-from vqgen.config import setting
-from vqgen.errors import VqgenError
-from vqgen.model_config import ModelConfigError, check_settings, refuse
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ LEGACY_QUANTIZER_KEYS = {"codebook_size": "codebook_size", "beta": "beta", "ema"
                          "lookup_dim": "lookup_dim"}
 
 
-@strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
+@strict  # a dataclass with checks on construction, as transformers' own configs are (core/model_config.py)
 class VQVAEConfig(PreTrainedConfig):
     """Architecture of the tokenizer; `channel_mult` has one entry per resolution, so the grid is
     image_size / 2**(len(channel_mult) - 1) on each side. `quantizer` is the `model.quantizer`

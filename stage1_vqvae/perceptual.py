@@ -29,15 +29,14 @@ from safetensors.torch import load_file
 from torch import nn
 from torchmetrics.functional.image.lpips import _NoTrainLpips
 
-from eval.inception import PYTORCH_FID_GLOB, TORCH_FIDELITY_GLOB
-from vqgen.errors import VqgenError
+from core.errors import VqgenError
+from core.inception_files import INCEPTION_FILES
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16_Weights.IMAGENET1K_V1, as torch.hub names it
 ENV = "VQGEN_LPIPS_WEIGHTS"
 NETWORKS = ("vgg",)
 WEIGHTS_KEY, NETWORK_KEY, WEIGHT_KEY = ("tokenizer.loss.perceptual_weights", "tokenizer.loss.perceptual_network",
                                         "tokenizer.loss.perceptual_weight")
-INCEPTION_FILES = (PYTORCH_FID_GLOB, TORCH_FIDELITY_GLOB, "default_1.pt")  # eval/inception.py's weights
 WHY_NOT_INCEPTION = ("the Inception network that scores FID is never a training loss: training against the "
                      "judge lowers FID without better images (Kynkäänniemi et al. 2023)")
 

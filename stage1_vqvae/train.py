@@ -1,4 +1,4 @@
-"""Training the tokenizer: a `TrainTask` for `vqgen.loop.fit`, and its run settings.
+"""Training the tokenizer: a `TrainTask` for `core.loop.fit`, and its run settings.
 
     train_tokenizer(TokenizerRunConfig(), Path("runs/tok"))   # -> runs/tok/model
 
@@ -19,17 +19,17 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from core.config import check_kwargs, setting, to_dict
+from core.data import DataConfig, ImageDataset, load_images
+from core.errors import VqgenError
+from core.loop import Network, OptimizerSettings, StepInfo, TrainConfig, fit
+from core.runs import write_json
 from stage1_vqvae.discriminator import PatchDiscriminator, check_patch_grid
 from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, whole_rows
 from stage1_vqvae.load import TRAINING_FILE
 from stage1_vqvae.losses import RECONSTRUCTION, AdversarialConfig, Adversary, LossConfig, VQGANLoss
 from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, merge_settings, moved_keys
 from stage1_vqvae.perceptual import build_perceptual, check_network, find_vgg16_weights
-from vqgen.config import check_kwargs, setting, to_dict
-from vqgen.data import DataConfig, ImageDataset, load_images
-from vqgen.errors import VqgenError
-from vqgen.loop import Network, OptimizerSettings, StepInfo, TrainConfig, fit
-from vqgen.runs import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def discriminator_optimizer(adv: AdversarialConfig) -> OptimizerSettings:
 
 
 class TokenizerTask:
-    """The VQ-VAE on one image data set, as `vqgen.loop.fit` wants it (the MultiNetworkTask protocol:
+    """The VQ-VAE on one image data set, as `core.loop.fit` wants it (the MultiNetworkTask protocol:
     with VQGAN's adversarial loss, the discriminator trains beside it by an optimizer of its own)."""
 
     def __init__(self, cfg: TokenizerRunConfig):

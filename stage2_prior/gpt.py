@@ -14,9 +14,9 @@ import torch
 from einops import rearrange
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from core.errors import VqgenError
 from stage2_prior.overrides import build_config, check_at_least, check_positive, merge_overrides
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 # Sizes in the style of LlamaGen's GPT_models; intermediate = ~8/3 hidden (SwiGLU, Shazeer 2020)
 # rounded to 64. `demo` is sized to learn the Fashion-MNIST 8x8 codes in minutes on 2 CPU cores.

@@ -14,11 +14,11 @@ from typing import NamedTuple
 
 from transformers import PreTrainedModel
 
+from core.errors import VqgenError
+from core.model_folder import load_model, model_folder
+from core.runs import read_json, write_json
 from stage2_prior.registry import prior_kind
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
-from vqgen.model_folder import load_model, model_folder
-from vqgen.runs import read_json, write_json
 
 META_FILE = "vqgen_prior.json"
 FIX = "train one with `vqgen train-prior`"

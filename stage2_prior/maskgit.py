@@ -17,10 +17,10 @@ import torch
 from einops import rearrange
 from transformers import BertConfig, BertForMaskedLM
 
+from core.errors import VqgenError
 from stage2_prior.gpt import GPT_PRESETS
 from stage2_prior.overrides import build_config, check_at_least, merge_overrides, positive_problem
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 # The GPT's sizes with a 3/2-wide MLP: BERT's GELU MLP has two matrices where Llama's SwiGLU has
 # three, so a preset has about the same parameter count under both priors (README, bench).

@@ -22,9 +22,9 @@ from accelerate import Accelerator
 from einops import rearrange
 from torch import Tensor
 
+from core.distributed import process_state
 from stage2_prior.maskgit import mask_token, maskgit_logits
 from stage2_prior.vocab import PriorVocab
-from vqgen.distributed import process_state
 
 VAL_RATIOS = (0.5, 0.9)
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
 
-from vqgen.config import Rule, check_kwargs
-from vqgen.errors import VqgenError
+from core.config import Rule, check_kwargs
+from core.errors import VqgenError
 
 POSITIVE = Rule(ge=1)
 
@@ -27,7 +27,7 @@ def build_config(cls: type[PreTrainedConfig], kwargs: dict) -> PreTrainedConfig:
     try:
         return cls(**kwargs)
     except VqgenError:
-        raise  # our own configs name the key themselves (vqgen/model_config.py)
+        raise  # our own configs name the key themselves (core/model_config.py)
     except (ValueError, TypeError, StrictDataclassError) as err:
         reason = str(err).strip().splitlines()[-1]
         raise VqgenError(f"prior.model: invalid {cls.__name__} ({reason}); fix the value") from None

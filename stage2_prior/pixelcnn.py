@@ -22,10 +22,10 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from core.config import setting
+from core.errors import VqgenError
+from core.model_config import check_settings, refuse
 from stage2_prior.overrides import build_config, merge_overrides
-from vqgen.config import setting
-from vqgen.errors import VqgenError
-from vqgen.model_config import check_settings, refuse
 
 PIXELCNN_PRESETS: dict[str, dict[str, int]] = {
     "demo": {"hidden_size": 64, "num_layers": 6},
@@ -36,7 +36,7 @@ PIXELCNN_PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-@strict  # a dataclass with checks on construction, as transformers' own configs are (vqgen/model_config.py)
+@strict  # a dataclass with checks on construction, as transformers' own configs are (core/model_config.py)
 class PixelCNNConfig(PreTrainedConfig):
     model_type = "vqgen_pixelcnn"
 

@@ -2,9 +2,10 @@
 
 An entry supplies everything the rest of vqgen asks of a prior: how to build it from the run
 settings, how to load its folder (the class and the config model types it may hold), its training
-objective (loss, val metrics and how the report labels them) and its sampler. The CLI's `--arch`
-choices, `load_prior`, training, sampling, the pipeline's checks and the report all read `PRIORS`,
-so adding a prior is one module and one line here.
+objective (loss, val metrics and how the report labels them). Its sampler is one line in
+`sampling/samplers.py`, the layer above (stage 2 does not import sampling; a test checks that every
+arch here has one). The CLI's `--arch` choices, `load_prior`, training, sampling, the pipeline's
+checks and the report all read `PRIORS`.
 """
 
 from __future__ import annotations
@@ -25,15 +26,13 @@ from transformers import (
     PreTrainedModel,
 )
 
-from sampling.generate import GPT_SAMPLER, PIXELCNN_SAMPLER, Sampler
-from sampling.maskgit import MASKGIT_SAMPLER
+from core.errors import VqgenError
 from stage2_prior.gpt import build_gpt
 from stage2_prior.maskgit import build_maskgit, size_problem
 from stage2_prior.masking import MaskedTokens
 from stage2_prior.next_token import NextToken, gpt_logits, pixelcnn_logits
 from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior, build_pixelcnn
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 if TYPE_CHECKING:
     from stage2_prior.train import PriorRunConfig
@@ -64,7 +63,6 @@ class PriorKind:
     # What is wrong with a loaded config that its own class does not check, or None.
     config_problem: Callable[[PreTrainedConfig], str | None]
     objective: Objective
-    sampler: Sampler
 
 
 def _gpt(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
@@ -89,11 +87,10 @@ def _bert_sizes(config: PreTrainedConfig) -> str | None:
 
 PRIORS: dict[str, PriorKind] = {
     "gpt": PriorKind(_gpt, AutoModelForCausalLM, (LlamaConfig.model_type, GPT2Config.model_type),
-                     _checked_by_its_class, NextToken(gpt_logits), GPT_SAMPLER),
+                     _checked_by_its_class, NextToken(gpt_logits)),
     "pixelcnn": PriorKind(_pixelcnn, PixelCNNPrior, (PixelCNNConfig.model_type,), _checked_by_its_class,
-                          NextToken(pixelcnn_logits), PIXELCNN_SAMPLER),
-    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens(),
-                         MASKGIT_SAMPLER),
+                          NextToken(pixelcnn_logits)),
+    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens()),
 }
 ARCHS = tuple(PRIORS)
 

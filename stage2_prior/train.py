@@ -1,4 +1,4 @@
-"""Training a prior on dumped code grids, through the shared loop (`vqgen.loop.fit`).
+"""Training a prior on dumped code grids, through the shared loop (`core.loop.fit`).
 
     path = train_prior(PriorRunConfig(codes="runs/demo/codes", preset="demo"), "runs/demo/prior")
 
@@ -20,14 +20,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel
 
+from core.config import setting
+from core.distributed import process_state
+from core.errors import VqgenError
+from core.loop import TrainConfig, fit
 from stage1_vqvae.codes import load_codes, read_meta
 from stage2_prior.load import PriorMeta, write_prior_meta
 from stage2_prior.registry import ARCHS, prior_kind
 from stage2_prior.vocab import PriorVocab
-from vqgen.config import setting
-from vqgen.distributed import process_state
-from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig, fit
 
 
 def prior_train_defaults() -> TrainConfig:
@@ -102,7 +102,7 @@ class Rows(Dataset):
 
 
 class PriorTask:
-    """The prior's `TrainTask` for `vqgen.loop.fit`."""
+    """The prior's `TrainTask` for `core.loop.fit`."""
 
     def __init__(self, cfg: PriorRunConfig):
         self.cfg = cfg

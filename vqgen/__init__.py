@@ -1,3 +1,5 @@
-"""vqgen: a VQ-VAE tokenizer and an autoregressive prior, from training to FID."""
+"""vqgen's top layer: the command line, the pipeline and its report (the plumbing is in core/)."""
 
-__version__ = "0.1.0"
+from core import __version__
+
+__all__ = ["__version__"]

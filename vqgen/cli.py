@@ -6,7 +6,7 @@
 A command's settings are the fields of its config dataclass (`SETTINGS`). Its --help lists them
 (key, type, default, help); --config gives a YAML file of them, which may be a whole pipeline YAML
 (the command reads its own section and `data:`); `--section.key=value` sets one; a few also have a
-named flag (`--data SPEC` sets data.spec). `vqgen.config.load_config` merges them all, for every
+named flag (`--data SPEC` sets data.spec). `core.config.load_config` merges them all, for every
 command. This is the only module that parses arguments or writes to stdout.
 """
 
@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
+from core.config import Leaf, Rule, help_of, leaves, load_config, parse_overrides, rule_of
+from core.cpu_threads import configure_cpu_threads
+from core.errors import VqgenError
 from vqgen import __version__
-from vqgen.config import Leaf, Rule, help_of, leaves, load_config, parse_overrides, rule_of
-from vqgen.cpu_threads import configure_cpu_threads
-from vqgen.errors import VqgenError
 
 DESCRIPTION = ("Two-stage image generation. A VQ-VAE tokenizer turns images into grids of codes; a prior (a GPT, "
                "a PixelCNN or MaskGIT) learns to draw such grids, and the tokenizer decodes what it draws. FID, KID, rFID "
@@ -87,7 +87,7 @@ def _lazy(module: str, name: str) -> Callable[[], type]:
 @functools.cache
 def data_settings() -> type:
     """The settings of a command that only reads data: `data` alone, so that any other key is refused."""
-    from vqgen.data import DataConfig
+    from core.data import DataConfig
 
     return dataclasses.make_dataclass("DataSettings", [("data", DataConfig, dataclasses.field(default_factory=DataConfig))])
 
@@ -450,6 +450,6 @@ def _fail(line: str, code: int) -> int:
 
 
 def _is_main_process() -> bool:
-    from vqgen.distributed import process_state
+    from core.distributed import process_state
 
     return process_state().is_main_process

@@ -16,6 +16,9 @@ from typing import Any, ClassVar
 
 import yaml
 
+from core.config import Copies, setting, to_dict
+from core.data import SPLITS, DataConfig, load_images
+from core.runs import MetricsLog, atomic_path, claim_output, finished_record, run_stage
 from eval.cache import StatsCache
 from eval.classifier import ClassifierRunConfig, train_classifier
 from eval.classifier_fid import classifier_fid
@@ -26,11 +29,8 @@ from sampling.generate import SampleConfig
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 from stage2_prior.train import PriorRunConfig, train_prior
-from vqgen.config import Copies, setting, to_dict
-from vqgen.data import SPLITS, DataConfig, load_images
 from vqgen.preflight import check_pipeline
 from vqgen.report import write_run_report
-from vqgen.runs import MetricsLog, atomic_path, claim_output, finished_record, run_stage
 
 # Settings that change how a stage runs, not what it produces: a rerun may change them.
 RUNTIME_ONLY = {"train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "num_workers"),
@@ -51,7 +51,7 @@ class EvalConfig:
 
 @dataclass
 class PipelineConfig:
-    """Every stage's settings; load it with `vqgen.config.load_config(PipelineConfig, path, overrides)`."""
+    """Every stage's settings; load it with `core.config.load_config(PipelineConfig, path, overrides)`."""
 
     # One data set serves every stage: the stages that read data copy the top-level `data:`.
     copies: ClassVar[Copies] = Copies(

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core.config import check
+from core.data import load_images
+from core.distributed import process_state
+from core.errors import VqgenError
+from core.loop import TrainConfig
 from eval.inception import find_weights
 from sampling.generate import UNCOND, GridSpec, check_config, plan_labels
+from sampling.samplers import sampler_for
 from stage1_vqvae.train import build_model_config, check_loss_settings, model_settings
-from stage2_prior.registry import prior_kind
 from stage2_prior.train import build_prior
 from stage2_prior.vocab import PriorVocab
-from vqgen.config import check
-from vqgen.data import load_images
-from vqgen.distributed import process_state
-from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig
 
 if TYPE_CHECKING:
     from vqgen.pipeline import PipelineConfig
@@ -90,7 +90,7 @@ def _check_models(cfg: PipelineConfig, facts: DataFacts) -> None:
     spec = GridSpec(PriorVocab(tokenizer.codebook_size, facts.num_classes), tokenizer.grid_size, tokenizer.grid_size)
     with torch.device("meta"):
         build_prior(cfg.prior, spec.vocab, spec.grid_h, spec.grid_w)
-    prior_kind(cfg.prior.arch).sampler.check(cfg.sample, spec, f"prior.arch={cfg.prior.arch}")
+    sampler_for(cfg.prior.arch).check(cfg.sample, spec, f"prior.arch={cfg.prior.arch}")
 
 
 def _check_samples(cfg: PipelineConfig, facts: DataFacts) -> None:

@@ -16,10 +16,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from core.markdown import cell, table
+from core.runs import MetricsLog, atomic_path, write_json
 from eval.report import protocol_lines, with_floor
 from stage2_prior.registry import Objective, prior_kind
-from vqgen.markdown import cell, table
-from vqgen.runs import MetricsLog, atomic_path, write_json
 
 PACKAGES = ("vqgen", "torch", "torchvision", "transformers", "accelerate", "datasets", "torchmetrics")
 # Inception scores in report.md, each with the real-data floor's beside it where it has one.

@@ -20,9 +20,9 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from core.config import check, setting
+from core.errors import VqgenError
 from stage1_vqvae.quantizers.meters import CodeUsageMeters
-from vqgen.config import check, setting
-from vqgen.errors import VqgenError
 
 # Codes are stored as uint32 at most (stage1_vqvae.codes.code_dtype), and the priors' vocabulary
 # holds every code id that can be stored: code ids run up to 2**32 - 1.

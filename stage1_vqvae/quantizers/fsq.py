@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from core.config import setting
 from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, project, straight_through
-from vqgen.config import setting
 
 BOUND_EPS = 1e-3  # appendix A.1: keeps tanh's range just wider than the outermost levels
 

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from core.config import setting
 from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, project, straight_through
 from stage1_vqvae.quantizers.distributed import mean_over_ranks
-from vqgen.config import setting
 
 
 @dataclass

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+from core.config import apply
+from core.errors import VqgenError
 from stage1_vqvae.quantizers.base import PREFIX, SOURCE, Quantizer, QuantizerConfig
 from stage1_vqvae.quantizers.fsq import FiniteScalarQuantizer, FSQConfig
 from stage1_vqvae.quantizers.lfq import LFQConfig, LookupFreeQuantizer
 from stage1_vqvae.quantizers.vq import VectorQuantizer, VQConfig
-from vqgen.config import apply
-from vqgen.errors import VqgenError
 
 
 class Kind(NamedTuple):

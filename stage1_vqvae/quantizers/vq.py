@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from core.config import setting
 from stage1_vqvae.quantizers.base import Quantized, Quantizer, QuantizerConfig, straight_through
 from stage1_vqvae.quantizers.distributed import broadcast_, gather_rows, sum_over_ranks
 from stage1_vqvae.quantizers.kmeans import kmeans, nearest_code
-from vqgen.config import setting
 
 logger = logging.getLogger(__name__)
 

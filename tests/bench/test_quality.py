@@ -3,7 +3,7 @@
 import pytest
 
 from bench.quality import N, main, sample_config
-from vqgen.config import load_config
+from core.config import load_config
 from vqgen.pipeline import PipelineConfig
 
 

@@ -54,7 +54,7 @@ def held_elsewhere():
     """`held_elsewhere(path)`: another process takes vqgen's lock on the output file `path` (as a
     second `vqgen fid-ref` or `vqgen fid` would) and keeps it until the test ends."""
     holders = []
-    code = ("import sys; from vqgen.runs import OutputLock; OutputLock(sys.argv[1]).acquire(); "
+    code = ("import sys; from core.runs import OutputLock; OutputLock(sys.argv[1]).acquire(); "
             "print('held', flush=True); sys.stdin.read()")
 
     def hold(path):

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import VqgenError
 from eval.cache import KEY_FILE, STATS_FILE, StatsCache
 from eval.scores import stats_of
-from vqgen.errors import VqgenError
 
 KEY = {"version": 1, "data": {"spec": "folder:x", "image_size": 16}, "split": "test", "n": 20,
        "weights": {"kind": "fid-helper", "sha": "a16e"}, "pixels_sha256": "00"}

@@ -3,9 +3,9 @@ import torch
 from transformers import AutoModel
 
 import eval  # noqa: F401  (registers the classifier with the Auto classes)
+from core.data import DataConfig
+from core.errors import VqgenError
 from eval.classifier import Classifier, ClassifierConfig, ClassifierRunConfig, ClassifierTask, load_classifier
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
 
 
 @pytest.mark.parametrize("channels,size", [(1, 32), (3, 32), (1, 28)])

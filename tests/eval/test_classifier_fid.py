@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
+from core.data import DataConfig, load_images
+from core.errors import VqgenError
+from core.pixels import to_uint8
 from eval.classifier import Classifier, ClassifierConfig
 from eval.classifier_fid import classifier_fid
-from vqgen.data import DataConfig, load_images
-from vqgen.errors import VqgenError
-from vqgen.pixels import to_uint8
 
 
 def write_pngs(folder, images: torch.Tensor) -> None:

@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from core.data import DataConfig
+from core.errors import VqgenError
 from eval.data_stats import protocol
 from eval.fid import check_protocol, fid, fid_ref, ref_data_config
 from eval.inception import InceptionFeatures
 from eval.reference import RefStats
 from eval.samples import image_format
 from vqgen.cli import main
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
+from core.data import DataConfig
 from eval.cache import StatsCache
 from eval.fid import fid
 from eval.floor import FLOOR_SPLIT
 from vqgen.cli import main
-from vqgen.data import DataConfig
 
 SCORES = ("fid", "sfid", "kid_mean", "precision", "recall", "density", "coverage")
 

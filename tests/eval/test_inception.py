@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
+from core.errors import VqgenError
 from eval.inception import (
     URL_ENV,
     InceptionFeatures,
@@ -14,7 +15,6 @@ from eval.inception import (
     network_input,
     tf1_resize,
 )
-from vqgen.errors import VqgenError
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from core.data import DataConfig, load_images
 from eval.data_stats import data_batches
 from eval.recon import reconstruct, reconstructions, save_side_by_side, tokenizer_metrics
 from stage1_vqvae.model import VQVAE, VQVAEConfig
-from vqgen.data import DataConfig, load_images
 
 
 @pytest.fixture

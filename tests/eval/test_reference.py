@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.data import DataConfig
+from core.errors import VqgenError
 from eval.data_stats import protocol
 from eval.fid import fid, fid_ref
 from eval.inception import find_weights
 from eval.reference import check_ref_out, load_ref, save_ref
 from eval.scores import stats_of
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
 
 
 def features(n=50, seed=0, dim=2048):

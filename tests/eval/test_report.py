@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import eval.report
+from core.errors import VqgenError
 from eval.report import check_report_out, protocol_lines, report_paths, score_line, write_report
 from vqgen.cli import main
-from vqgen.errors import VqgenError
 from vqgen.report import markdown, summarize
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.errors import VqgenError
 from eval.fid import fid, folder_batches
 from eval.samples import ImageFormat, SampleFolder, check_reference_format
-from vqgen.errors import VqgenError
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_a_folder_without_images_is_refused(tmp_path, ref_npz, no_weights, conte
 
 def test_hidden_temporary_copies_are_not_samples(tmp_path, pngs):
     folder = pngs(tmp_path / "s", 2, 16)
-    # What a `vqgen sample` killed while writing 000.png leaves behind (vqgen.runs.atomic_path).
+    # What a `vqgen sample` killed while writing 000.png leaves behind (core.runs.atomic_path).
     leftover = folder / ".000.png.k2j4.tmp"
     leftover.mkdir()
     (leftover / "000.png").write_bytes((folder / "000.png").read_bytes()[:40])

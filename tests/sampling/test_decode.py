@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.errors import VqgenError
+from core.runs import sha256_file
 from sampling.decode import sample
 from sampling.generate import SampleConfig
 from stage1_vqvae.model import VQVAE, VQVAEConfig
@@ -16,8 +18,6 @@ from stage2_prior.gpt import build_gpt
 from stage2_prior.load import PriorMeta, write_prior_meta
 from stage2_prior.maskgit import build_maskgit
 from stage2_prior.pixelcnn import build_pixelcnn
-from vqgen.errors import VqgenError
-from vqgen.runs import sha256_file
 
 K, N, GRID = 16, 3, 4
 ROOT = Path(__file__).resolve().parents[2]
@@ -217,7 +217,7 @@ def test_sample_writes_only_into_a_sample_folder(tmp_path, pair):
 
 
 def test_a_second_sampler_into_the_same_folder_is_refused(tmp_path, pair):
-    hold = ROOT / "tests" / "vqgen" / "hold_output.py"  # holds an output's lock, as a writer does
+    hold = ROOT / "tests" / "core" / "hold_output.py"  # holds an output's lock, as a writer does
     holder = subprocess.Popen([sys.executable, str(hold), str(tmp_path / "s"), "samples"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"

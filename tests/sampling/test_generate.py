@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from core.errors import VqgenError
 from sampling.generate import (
     GridSpec,
     SampleConfig,
@@ -17,7 +18,6 @@ from sampling.logits import SampleNoise, top_k_filter, top_p_filter
 from stage2_prior.gpt import build_gpt
 from stage2_prior.pixelcnn import build_pixelcnn
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 K, N, H, W = 16, 3, 4, 4
 SPEC = GridSpec(PriorVocab(K, N), H, W)

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
+from core.errors import VqgenError
 from sampling.generate import GridSpec, SampleConfig, generate
 from sampling.maskgit import DEFAULT_STEPS, check_maskgit, decode, generate_maskgit, mask_schedule
 from stage2_prior.maskgit import build_maskgit, mask_token
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 K, N, H, W = 16, 3, 4, 4
 T = H * W

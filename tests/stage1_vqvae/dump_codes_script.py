@@ -2,9 +2,9 @@
 
 import sys
 
+from core.data import DataConfig
+from core.distributed import process_state
 from stage1_vqvae.codes import dump_codes
-from vqgen.data import DataConfig
-from vqgen.distributed import process_state
 
 if __name__ == "__main__":
     tokenizer, out = sys.argv[1], sys.argv[2]

@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-import vqgen
+import core
+from core.config import to_dict
+from core.data import DataConfig, load_images
+from core.errors import VqgenError
 from stage1_vqvae.codes import (
     META_FILE,
     code_dtype,
@@ -22,12 +25,9 @@ from stage1_vqvae.codes import (
 )
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.model import VQVAE, VQVAEConfig
-from vqgen.config import to_dict
-from vqgen.data import DataConfig, load_images
-from vqgen.errors import VqgenError
 
 DATA = DataConfig(image_size=16, max_images=37)  # 37: batches of 8 leave a remainder
-HOLD = Path(__file__).parents[1] / "vqgen" / "hold_output.py"  # holds an output's lock, as a writer does
+HOLD = Path(__file__).parents[1] / "core" / "hold_output.py"  # holds an output's lock, as a writer does
 
 
 def make_tokenizer(folder: Path, codebook_size: int = 16, seed: int = 0) -> Path:
@@ -79,7 +79,7 @@ def test_metadata_fields(dumped):
     assert meta.data_spec == "fashion-mnist" and meta.splits == {"train": 37, "val": 37}
     assert meta.tokenizer_sha256 == tokenizer_sha256(tokenizer_dir)
     assert Path(meta.tokenizer_path) == tokenizer_dir.resolve()
-    assert meta.vqgen_version == vqgen.__version__
+    assert meta.vqgen_version == core.__version__
     assert meta.data == to_dict(DATA) and meta.skipped == {"train": 0, "val": 0}
     assert load_codes(codes_dir, "val").meta == meta
     stored = datasets.load_from_disk(str(codes_dir / "train")).features

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from core.errors import VqgenError
 from stage1_vqvae.discriminator import PatchDiscriminator, check_patch_grid, patch_grid
-from vqgen.errors import VqgenError
 
 
 # pix2pix's 70x70 PatchGAN judges a 30x30 grid of a 256 px image; Fashion-MNIST's 28 px leave one patch.

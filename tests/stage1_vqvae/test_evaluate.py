@@ -6,9 +6,9 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from core.data import DataConfig
 from eval.recon import tokenizer_metrics
 from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask
-from vqgen.data import DataConfig
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 import stage1_vqvae  # noqa: F401  (registers the Auto classes)
+from core.data import DataConfig
+from core.errors import VqgenError
 from stage1_vqvae.codes import code_dtype
 from stage1_vqvae.load import load_tokenizer, training_data
 from stage1_vqvae.model import (
@@ -22,8 +24,6 @@ from stage1_vqvae.model import (
 )
 from stage1_vqvae.quantizers import MAX_CODEBOOK_SIZE
 from vqgen.cli import main
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
 
 TINY = dict(base_channels=8, channel_mult=(1, 2), code_dim=8, quantizer={"codebook_size": 16}, image_size=16)
 FIXTURES = Path(__file__).parent / "fixtures"

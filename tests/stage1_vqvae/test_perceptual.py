@@ -4,6 +4,7 @@ The ImageNet weights themselves cannot be downloaded here, and no test needs the
 import pytest
 import torch
 
+from core.errors import VqgenError
 from stage1_vqvae.perceptual import (
     ENV,
     LPIPS,
@@ -13,7 +14,6 @@ from stage1_vqvae.perceptual import (
     find_vgg16_weights,
     load_vgg16_features,
 )
-from vqgen.errors import VqgenError
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
+from core.data import DataConfig
+from core.errors import VqgenError
+from core.loop import TrainConfig, fit
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.losses import AdversarialConfig, LossConfig
 from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask, train_tokenizer
-from vqgen.data import DataConfig
-from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig, fit
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from killing import KillAtCall, Killed  # noqa: E402

@@ -5,7 +5,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from vqgen.runs import write_json
+from core.runs import write_json
 
 K, H, W, N = 16, 4, 4, 4
 

@@ -2,9 +2,9 @@
 
 import sys
 
+from core.distributed import process_state
+from core.loop import TrainConfig
 from stage2_prior.train import PriorRunConfig, train_prior
-from vqgen.distributed import process_state
-from vqgen.loop import TrainConfig
 
 if __name__ == "__main__":
     model = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}

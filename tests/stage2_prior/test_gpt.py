@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig
 
+from core.errors import VqgenError
 from stage2_prior.gpt import FAMILIES, GPT2_NAMES, GPT_PRESETS, build_gpt, count_parameters, gpt_code_logits
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 SMALL = {"llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
          "gpt2": {"n_embd": 32, "n_inner": 64, "n_layer": 2, "n_head": 4}}

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.errors import VqgenError
 from stage2_prior.gpt import build_gpt
 from stage2_prior.load import PriorMeta, load_prior, prior_folder, write_prior_meta
 from stage2_prior.maskgit import build_maskgit
 from stage2_prior.pixelcnn import build_pixelcnn
-from vqgen.errors import VqgenError
 
 K, GRID, N = 8, 2, 2
 ARCHS = ["gpt", "pixelcnn", "maskgit"]

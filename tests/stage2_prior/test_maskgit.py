@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from core.errors import VqgenError
 from stage2_prior.gpt import GPT_PRESETS, build_gpt, count_parameters
 from stage2_prior.maskgit import MASKGIT_PRESETS, build_maskgit, mask_token, maskgit_logits
 from stage2_prior.vocab import PriorVocab
-from vqgen.errors import VqgenError
 
 SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4}
 PLAIN_LOADER = Path(__file__).parent / "load_plain_masked.py"  # never imports vqgen

@@ -6,9 +6,9 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 import stage2_prior  # noqa: F401  (registers the Auto classes)
+from core.errors import VqgenError
 from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior, build_pixelcnn
 from vqgen.cli import main
-from vqgen.errors import VqgenError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from codes_folder import write_codes  # noqa: E402

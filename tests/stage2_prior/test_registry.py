@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.config import load_config, rule_of
+from core.errors import VqgenError
 from stage2_prior.registry import ARCHS, PRIORS, prior_kind
 from stage2_prior.train import PriorRunConfig, build_prior, train_prior
 from stage2_prior.vocab import PriorVocab
 from vqgen.cli import main
-from vqgen.config import load_config, rule_of
-from vqgen.errors import VqgenError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from codes_folder import write_codes  # noqa: E402

@@ -12,10 +12,10 @@ from accelerate import Accelerator
 from datasets.table import MemoryMappedTable
 from safetensors.torch import load_file, save_file
 
+from core.errors import VqgenError
+from core.loop import TrainConfig
 from stage2_prior.load import load_prior
 from stage2_prior.train import PriorRunConfig, PriorTask, count_codes, train_prior
-from vqgen.errors import VqgenError
-from vqgen.loop import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from codes_folder import K, N, shifted_grids, write_codes  # noqa: E402

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from core.config import Copies, load_config
 from vqgen.cli import COMMANDS, SETTINGS, command_config, main
-from vqgen.config import Copies, load_config
 from vqgen.pipeline import PipelineConfig
 
 TINY_DATA = ["--data.image_size=16", "--data.val_fraction=0.25"]

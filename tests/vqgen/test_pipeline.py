@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config import load_config, parse_overrides
+from core.errors import VqgenError
 from vqgen.cli import main
-from vqgen.config import load_config, parse_overrides
-from vqgen.errors import VqgenError
 from vqgen.pipeline import PipelineConfig, resolved_yaml, stage_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))

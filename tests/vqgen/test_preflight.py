@@ -3,9 +3,9 @@ make is made up front, naming the pipeline's keys, and a good config passes."""
 
 import pytest
 
+from core.config import load_config
+from core.errors import VqgenError
 from vqgen.cli import main
-from vqgen.config import load_config
-from vqgen.errors import VqgenError
 from vqgen.pipeline import PipelineConfig
 from vqgen.preflight import check_pipeline
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from core.runs import MetricsLog
 from vqgen.report import CURVES, GAN_CURVES, gan_curves, markdown, plot_curves, summarize
-from vqgen.runs import MetricsLog
 
 CLASSIFIER = {"classifier FID (fashion-mnist CNN)": 3.25, "classifier IS (fashion-mnist CNN)": 7.5,
               "classifier_sha256": "0123456789abcdef" * 4, "classifier_n_samples": 1000,

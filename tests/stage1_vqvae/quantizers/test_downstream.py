@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from core.data import DataConfig, load_images
+from core.loop import TrainConfig
 from eval.recon import tokenizer_metrics
 from sampling.decode import sample
 from sampling.generate import SampleConfig
@@ -14,8 +16,6 @@ from stage1_vqvae.codes import code_dtype, dump_codes, load_codes, read_meta
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.train import PriorRunConfig, train_prior
-from vqgen.data import DataConfig, load_images
-from vqgen.loop import TrainConfig
 
 DATA = DataConfig(image_size=8, max_images=24)  # Fashion-MNIST at 8 px: 4x4 code grids
 PRIORS = {

@@ -4,6 +4,8 @@ import dataclasses
 
 import pytest
 
+from core.config import load_config
+from core.errors import VqgenError
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage1_vqvae.quantizers import (
     KINDS,
@@ -15,8 +17,6 @@ from stage1_vqvae.quantizers import (
     settings_dict,
 )
 from stage1_vqvae.train import TokenizerRunConfig, model_settings
-from vqgen.config import load_config
-from vqgen.errors import VqgenError
 
 
 def tokenizer_config(tmp_path, yaml_text: str | None, flags: list[str]) -> VQVAEConfig:

@@ -2,9 +2,9 @@ import pytest
 import torch
 from einops import rearrange
 
+from core.errors import VqgenError
 from stage1_vqvae.quantizers import VectorQuantizer, VQConfig
 from stage1_vqvae.quantizers.kmeans import kmeans, nearest_code
-from vqgen.errors import VqgenError
 
 MODES = [
     pytest.param(ema, lookup_dim, id=f"{'ema' if ema else 'learned'}-lookup{lookup_dim}")
