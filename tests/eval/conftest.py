@@ -26,12 +26,11 @@ def random_pth(tmp_path_factory):
 
 
 @pytest.fixture
-def hub_dir(tmp_path):
-    """torch.hub's folder pointed at an empty tmp folder for one test, then put back."""
-    before = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(before)
+def hub_dir(tmp_path, monkeypatch):
+    """torch.hub's folder pointed at an empty tmp folder for one test, through $TORCH_HOME: set_dir
+    cannot be undone (putting back get_dir()'s old answer pins it, and later $TORCH_HOME is ignored)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch" / "hub"
 
 
 @pytest.fixture
