@@ -1,6 +1,6 @@
 """Tokenizer training speed on a busy CPU: idle, beside a busy loop, beside a twin run.
 
-    .venv/bin/python -m bench.busy_machine [--steps 30] [--repeats 3]
+    .venv/bin/python -m bench.busy_machine [--steps 30] [--repeats 3] [--policies today,vqgen]
 
 Each condition runs the demo tokenizer's training (`train_tokenizer`, default preset, threads as
 torch chooses them) in a fresh process and reads seconds per step from its metrics.jsonl, after

@@ -2,9 +2,10 @@
 
 By default libgomp spins a waiting thread for about 300,000 iterations before it sleeps. On an idle
 machine that saves a wake-up per parallel region; beside another busy process it burns the time
-slice the other process's threads need, and two 2-thread runs on 2 cores slowed to 0.09x of one
-(issue 11, BENCHMARKS.md "CPU runs on a busy machine"). A passive policy lets a waiting thread yield
-at once. libgomp reads these variables only when it is loaded, so they must be in the environment
+slice the other process's threads need: two 2-thread runs on 2 cores slowed to 0.05-0.2x of one
+(bench/busy_machine.py, BENCHMARKS.md "CPU runs on a busy machine"). A passive policy lets a waiting
+thread yield at once: each twin keeps about half its idle speed, for about 16 % off the idle speed
+(GOMP_SPINCOUNT=1000 kept 10 % more idle speed but fell short beside a busy loop). libgomp reads these variables only when it is loaded, so they must be in the environment
 before the first `import torch`; `vqgen.cli.main` calls this first thing.
 """
 
