@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
 import time
 import warnings
@@ -35,7 +34,15 @@ from core.errors import VqgenError
 from core.loop import batches
 from core.loop.optim import WeightEMA, adamw, scaled_backward, scaled_step, unscale_and_clip, warmup_cosine
 from core.loop.task import Network, StepInfo, TrainConfig, TrainTask
-from core.runs import MetricsLog, atomic_path, claim_output, disk_full_errno, read_json, write_json
+from core.runs import (
+    MetricsLog,
+    atomic_path,
+    claim_output,
+    disk_full_errno,
+    disk_full_is_user_error,
+    read_json,
+    write_json,
+)
 
 logger = get_logger(__name__)
 
@@ -260,12 +267,11 @@ def _one_line_if_disk_full(out_dir: Path, last_checkpoint: Callable[[], Path | N
     try:
         yield
     except Exception as err:
-        code = disk_full_errno(err)
-        if code is None:
+        if disk_full_errno(err) is None:
             raise
-        path = getattr(err, "filename", None) or out_dir
         note = _resume_note(last_checkpoint(), "free some disk space (or raise your quota or `ulimit -f`)")
-        raise VqgenError(f"{path}: could not write ({os.strerror(code)}); {note}") from None
+        with disk_full_is_user_error(getattr(err, "filename", None) or out_dir, note):  # runs' one wording
+            raise
 
 
 def _check_weights(run: _Run) -> None:
