@@ -105,6 +105,10 @@ def main() -> None:
     for settings in ({"kind": "fsq", "levels": [5, 3]}, {"kind": "lfq", "bits": 5}):
         check_meters(accelerator, settings)
     check_lfq_entropy(accelerator)
+    # Leave together and close gloo: a rank that exits while the other is still in a collective
+    # aborts it ("terminate called without an active exception").
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
