@@ -119,14 +119,21 @@ def hf_with_a_corrupt_row(tmp_path):
     return tmp_path / "hf"
 
 
-def test_hf_corrupt_image_names_the_row_or_is_skipped(hf_with_a_corrupt_row):
-    cfg = DataConfig(spec=f"hf:{hf_with_a_corrupt_row}", image_size=8, val_fraction=0.2)
+
+def _refusals_per_split(cfg: DataConfig) -> list[str]:
+    """The one-line refusals that loading train and val gives, in that order."""
     errors = []
     for split in ("train", "val"):
         try:
             load_images(cfg, split)
         except VqgenError as err:
             errors.append(str(err))
+    return errors
+
+
+def test_hf_corrupt_image_names_the_row_or_is_skipped(hf_with_a_corrupt_row):
+    cfg = DataConfig(spec=f"hf:{hf_with_a_corrupt_row}", image_size=8, val_fraction=0.2)
+    errors = _refusals_per_split(cfg)
     assert len(errors) == 1 and f"hf:{hf_with_a_corrupt_row} split 'train' row 3:" in errors[0]
     assert "skip_bad" in errors[0] and "\n" not in errors[0]
     skipping = [load_images(DataConfig(**{**cfg.__dict__, "skip_bad": True}), s) for s in ("train", "val")]
@@ -375,12 +382,7 @@ def test_hf_images_convert_like_files(tmp_path):
     data = datasets.Dataset.from_dict({"image": [{"bytes": b, "path": None} for b in cells]}, features=features)
     data.save_to_disk(tmp_path / "hf")
     cfg = DataConfig(spec=f"hf:{tmp_path / 'hf'}", image_size=2, val_fraction=0.25)
-    errors = []
-    for split in ("train", "val"):
-        try:
-            load_images(cfg, split)
-        except VqgenError as err:
-            errors.append(str(err))
+    errors = _refusals_per_split(cfg)
     assert len(errors) == 1 and "row 3: " in errors[0] and "Resize it" in errors[0]
     splits = [load_images(DataConfig(**{**cfg.__dict__, "skip_bad": True}), s) for s in ("train", "val")]
     assert sum(ds.skipped for ds in splits) == 1 and {ds.channels for ds in splits} == {3}
