@@ -10,42 +10,13 @@ import pytest
 import torch
 
 from core.errors import VqgenError
-from core.runs import sha256_file
 from sampling.decode import sample
 from sampling.generate import SampleConfig
-from stage1_vqvae.model import VQVAE, VQVAEConfig
-from stage2_prior.gpt import build_gpt
-from stage2_prior.load import PriorMeta, write_prior_meta
-from stage2_prior.maskgit import build_maskgit
-from stage2_prior.pixelcnn import build_pixelcnn
+from stage1_vqvae.model import VQVAE
 
-K, N, GRID = 16, 3, 4
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def save_tokenizer(folder: Path, codebook_size: int = K, image_size: int = 8) -> Path:
-    torch.manual_seed(0)
-    config = VQVAEConfig(image_size=image_size, base_channels=8, channel_mult=(1, 2), code_dim=8,
-                         codebook_size=codebook_size)
-    VQVAE(config).save_pretrained(folder)
-    return folder
-
-
-def save_prior(folder: Path, tokenizer: Path, num_classes: int = N, arch: str = "gpt") -> Path:
-    torch.manual_seed(1)
-    if arch == "gpt":
-        model = build_gpt("demo", K, num_classes, GRID, GRID, hidden_size=32, intermediate_size=64,
-                          num_hidden_layers=2, num_attention_heads=4)
-    elif arch == "maskgit":
-        model = build_maskgit("demo", K, num_classes, GRID, GRID, hidden_size=32, intermediate_size=48,
-                              num_hidden_layers=2, num_attention_heads=4)
-    else:
-        model = build_pixelcnn("demo", K, num_classes, GRID, GRID, hidden_size=16, num_layers=2, head_size=16)
-    model.save_pretrained(folder)
-    meta = PriorMeta(arch, K, GRID, GRID, num_classes, K + num_classes,
-                     sha256_file(tokenizer / "model.safetensors"), codes_meta={})
-    write_prior_meta(folder, meta)
-    return folder
+sys.path.insert(0, str(ROOT / "tests"))
+from tiny_generator import GRID, K, N, save_prior, save_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
