@@ -6,14 +6,16 @@ Import it as tests import killing.py:
 (`from tests.tiny_generator import ...` works too when pytest runs as `python -m pytest` from the root.)
 
 The tokenizer turns 8x8 one-channel images into 4x4 grids of K=16 codes; the prior has N=3 classes.
-Seeds are fixed, so two calls write the same weights.
+Seeds are fixed, so two calls write the same weights. `tiny_run` lays both out as a pipeline run.
 """
 
 from pathlib import Path
 
 import torch
 
-from core.runs import sha256_file
+from core.config import to_dict
+from core.data import DataConfig
+from core.runs import sha256_file, write_json
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.gpt import build_gpt
 from stage2_prior.load import PriorMeta, write_prior_meta
@@ -47,3 +49,17 @@ def save_prior(folder: Path, tokenizer: Path, num_classes: int = N, arch: str = 
                      sha256_file(tokenizer / "model.safetensors"), codes_meta={})
     write_prior_meta(folder, meta)
     return folder
+
+
+def tiny_run(root: Path, arch: str = "gpt", num_classes: int = N) -> Path:
+    """ROOT as `vqgen pipeline` leaves it once its prior stage finished (no samples, no evaluation):
+    ROOT/tokenizer/model (with its training data record), ROOT/prior/model, stages/{tokenizer,prior}.json,
+    and a checkpoint beside each model, which no consumer of a run should need."""
+    tokenizer = save_tokenizer(root / "tokenizer" / "model")
+    write_json(tokenizer / "vqgen_tokenizer.json", {"data": to_dict(DataConfig(image_size=8, channels=1))})
+    save_prior(root / "prior" / "model", tokenizer, num_classes, arch)
+    for stage in ("tokenizer", "prior"):
+        (root / stage / "checkpoints" / "step_00000001").mkdir(parents=True)
+        (root / stage / "checkpoints" / "step_00000001" / "optimizer.bin").write_bytes(b"optimizer state")
+        write_json(root / "stages" / f"{stage}.json", {"seconds": 0.1})
+    return root

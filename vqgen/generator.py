@@ -66,6 +66,9 @@ def _local(path: Path, source: str) -> GeneratorPaths:
 def run_paths(run: Path, source: str | None = None) -> GeneratorPaths:
     """The model folders of a pipeline run whose tokenizer and prior stages have finished."""
     source = source or str(run)
+    if not (run / "stages").is_dir():
+        what = "no such folder" if not run.exists() else "not a pipeline run (no stages/)"
+        raise VqgenError(f"{source}: {what}; pass the --out folder of a finished `vqgen pipeline`")
     for stage in MODELS:
         if not (run / "stages" / f"{stage}.json").is_file():
             raise VqgenError(f"{source}: the pipeline run has not finished its {stage} stage (no stages/{stage}.json); "
