@@ -91,9 +91,6 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
         settings["n"] = None  # ignored: the count is per_class x classes
     check_config(cfg, prior.meta.num_classes, source=str(prior_folder(prior_dir)))
     sampler_for(prior.meta.arch).check(cfg, grid_spec(prior), str(prior_folder(prior_dir)))
-    if cfg.seed < 0:
-        raise VqgenError(f"sample.seed={cfg.seed}: must be 0 or more (each sample's stream is seeded from it); "
-                         "pass e.g. --seed 0")
     labels = plan_labels(cfg, prior.meta.num_classes)
     with claim_output(out, "samples"), disk_full_is_user_error(out, DISK_FULL_INTACT):
         if state.is_main_process:

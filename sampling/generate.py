@@ -26,6 +26,7 @@ from transformers import DynamicCache, StaticCache
 
 from core.config import setting
 from core.errors import VqgenError
+from sampling.guidance import CFG_SCHEDULES, guidance_problem, guidance_scales
 from sampling.logits import Filters, SampleNoise, guide, pick
 from stage2_prior.vocab import PriorVocab
 
@@ -47,6 +48,11 @@ class SampleConfig:
     top_k: int = setting(0, "keep the k most likely codes; 0: off", ge=0)
     top_p: float = setting(1.0, "keep the most likely codes up to probability p; 1.0: off", gt=0, le=1)
     cfg_scale: float = setting(1.0, "classifier-free guidance; 1.0: none (conditional logits only)", ge=0)
+    cfg_schedule: str | None = setting(None, "guidance over the draws (codes; MaskGIT: steps): linear and cosine "
+                                       "ramp from 1 up to cfg_scale; null: constant", choices=CFG_SCHEDULES)
+    cfg_interval: list[float] | None = setting(None, "[start, end): guide only the draws that begin in this "
+                                               "fraction of the way, e.g. [0, 0.5]; null: every draw",
+                                               ge=0, le=1, length=2)
     classes: list[int] | None = setting(None, "class ids to draw from (-1: unconditional); null: all", ge=-1)
     per_class: int = setting(0, "images per class, class-balanced; 0: n images", ge=0)
     batch_size: int = setting(64, "images drawn at once", ge=1)
@@ -74,14 +80,28 @@ def check_config(cfg: SampleConfig, num_classes: int, source: str) -> None:
         raise VqgenError(f"sample: need n >= 1 (or per_class >= 1); got n={cfg.n}, per_class={cfg.per_class}")
     if cfg.kv_cache not in (None, *KV_CACHES):
         raise VqgenError(f"sample.kv_cache: '{cfg.kv_cache}' is not one of {', '.join(KV_CACHES)}")
+    if problem := guidance_problem(cfg.cfg_schedule, cfg.cfg_interval, cfg.cfg_scale):
+        raise VqgenError(problem)
     if cfg.steps is not None and cfg.steps < 1:
         raise VqgenError(f"sample.steps={cfg.steps}: a MaskGIT prior needs at least 1 decoding step; pass --steps 8")
-    if num_classes == 0 and (cfg.cfg_scale != 1.0 or cfg.classes not in (None, [UNCOND])):
-        raise VqgenError(
-            f"{source}: the prior is unconditional (num_classes 0); drop sample.classes and "
-            "set sample.cfg_scale=1"
-        )
-    bad = [c for c in cfg.classes or [] if not UNCOND <= c < num_classes]
+    if num_classes == 0 and cfg.cfg_scale != 1.0:
+        raise unconditional(source)
+    check_classes(cfg.classes or [], num_classes, source)
+    if cfg.seed < 0:
+        raise VqgenError(f"sample.seed={cfg.seed}: must be 0 or more (each sample's stream is seeded from it); "
+                         "pass e.g. --seed 0")
+
+
+def unconditional(source: str) -> VqgenError:
+    return VqgenError(f"{source}: the prior is unconditional (num_classes 0); drop sample.classes and set "
+                      "sample.cfg_scale=1")
+
+
+def check_classes(classes: list[int], num_classes: int, source: str) -> None:
+    """Refuse class ids the prior at `source` does not have (-1, unconditional, it always has)."""
+    if num_classes == 0 and set(classes) - {UNCOND}:
+        raise unconditional(source)
+    bad = [c for c in classes if not UNCOND <= c < num_classes]
     if bad:
         raise VqgenError(
             f"{source}: sample.classes {bad} out of range; this prior has classes 0..{num_classes - 1} "
@@ -106,10 +126,21 @@ class GridSpec:
     grid_w: int
 
 
-# One batch of a prior's samples: (model, spec, labels (B,), the samples' global indices, cfg) -> codes (B, h, w).
-DrawBatch = Callable[[torch.nn.Module, GridSpec, Tensor, list[int], SampleConfig], Tensor]
+class Given(NamedTuple):
+    """Codes a completion keeps: codes (B, h, w) int64, taken where keep (h, w) bool is True (one mask
+    for the whole batch); the sampler draws the rest and never changes these."""
+
+    codes: Tensor
+    keep: Tensor
+
+
+# One batch of a prior's samples: (model, spec, labels (B,), the samples' global indices, cfg, given codes or
+# None) -> codes (B, h, w).
+DrawBatch = Callable[[torch.nn.Module, GridSpec, Tensor, list[int], SampleConfig, Given | None], Tensor]
 # Refuses, in one line naming `source`, settings this prior cannot honour: (cfg, spec, source) -> None.
 CheckSettings = Callable[[SampleConfig, GridSpec, str], None]
+# Refuses, in one line naming `source`, a keep mask (h, w) this prior cannot complete: (keep, source) -> None.
+CheckKeep = Callable[[Tensor, str], None]
 
 
 class Sampler(NamedTuple):
@@ -117,6 +148,7 @@ class Sampler(NamedTuple):
 
     draw: DrawBatch
     check: CheckSettings
+    check_keep: CheckKeep
 
 
 def check_autoregressive(cfg: SampleConfig, spec: GridSpec, source: str) -> None:
@@ -127,11 +159,31 @@ def check_autoregressive(cfg: SampleConfig, spec: GridSpec, source: str) -> None
                          "autoregressive (one pass per code); drop them (--steps is for arch maskgit)")
 
 
-def _draw(logits: Tensor, cfg: SampleConfig, noise: SampleNoise, guided: bool) -> Tensor:
-    """Rows (R, K) -> tokens (B,): guidance on [cond; uncond] rows, then filters and the draw."""
-    logits = guide(logits.float(), cfg.cfg_scale) if guided else logits.float()
+def prefix_length(keep: Tensor) -> int | None:
+    """p when keep (h, w) holds exactly the first p codes in raster order, else None."""
+    flat = keep.flatten().long()
+    p = int(flat.sum())
+    return p if bool(flat[:p].all()) else None
+
+
+def check_prefix(keep: Tensor, source: str) -> None:
+    """An autoregressive prior sees only the codes before the one it draws: it completes a raster prefix."""
+    if prefix_length(keep) is None:
+        raise VqgenError(f"{source}: this prior is autoregressive and completes only a prefix in raster order "
+                         "(whole top rows, then the left of the next row); keep top rows (--keep-rows R) or "
+                         "use a maskgit prior, which completes any mask")
+
+
+def _draw(logits: Tensor, scale: float, cfg: SampleConfig, noise: SampleNoise, guided: bool) -> Tensor:
+    """Rows (R, K) -> tokens (B,): guidance at `scale` on [cond; uncond] rows, then filters and the draw."""
+    logits = guide(logits.float(), scale) if guided else logits.float()
     eps = noise.exponential(logits.shape[-1]) if cfg.temperature > 0 else None
     return pick(logits, cfg.filters, eps)
+
+
+def draw_scales(cfg: SampleConfig, n: int) -> list[float]:
+    """The guidance scale of each of n draws (`sampling.guidance`)."""
+    return guidance_scales(cfg.cfg_scale, cfg.cfg_schedule, cfg.cfg_interval, n)
 
 
 def condition_rows(tokens: Tensor, uncond: Tensor, guided: bool) -> Tensor:
@@ -156,9 +208,10 @@ def _code_logits(model: torch.nn.Module, ids: Tensor, cache, k: int) -> Tensor:
     return out.logits[:, -1, :k]
 
 
-def prefill(model: torch.nn.Module, cond: Tensor, cache, k: int) -> Tensor:
-    """Run the condition tokens (R,) through the model, filling `cache`; -> logits (R, K) of code 0."""
-    return _code_logits(model, rearrange(cond, "r -> r 1"), cache, k)
+def prefill(model: torch.nn.Module, ids: Tensor, cache, k: int) -> Tensor:
+    """Run the condition token and any kept codes, ids (R, 1 + p), through the model in one pass,
+    filling `cache`; -> logits (R, K) of code p."""
+    return _code_logits(model, ids, cache, k)
 
 
 def decode_one_token(model: torch.nn.Module, seq: Tensor, cache, k: int) -> Tensor:
@@ -168,56 +221,79 @@ def decode_one_token(model: torch.nn.Module, seq: Tensor, cache, k: int) -> Tens
 
 
 def decode_n_tokens(model: torch.nn.Module, cond: Tensor, n: int, cfg: SampleConfig, noise: SampleNoise,
-                    guided: bool, k: int) -> Tensor:
-    """Draw n codes after the condition rows cond (R,) -> (B, n)."""
+                    guided: bool, k: int, prefix: Tensor | None = None) -> Tensor:
+    """Draw n codes after the condition rows cond (R,), the first p of them given as prefix (B, p)
+    (a completion): -> (B, n), starting with the prefix unchanged. Token t is guided at the scale
+    `draw_scales` gives position t of n, kept or not, so a completion draws as a sample would."""
+    prefix = cond.new_zeros(len(cond) // (2 if guided else 1), 0) if prefix is None else prefix
+    if prefix.shape[1] == n:
+        return prefix
     cache = _make_cache(model, cfg.kv_cache, max_len=n)
-    seq = rearrange(cond, "r -> r 1")
-    logits = prefill(model, cond, cache, k)
-    codes = []
-    for t in range(n):
-        codes.append(_draw(logits, cfg, noise, guided))
+    seq = torch.cat([rearrange(cond, "r -> r 1"), both_halves(prefix, guided)], dim=1)
+    logits = prefill(model, seq, cache, k)
+    codes, scales = list(prefix.unbind(1)), draw_scales(cfg, n)
+    for t in range(prefix.shape[1], n):
+        codes.append(_draw(logits, scales[t], cfg, noise, guided))
         if t + 1 < n:
             seq = torch.cat([seq, rearrange(both_halves(codes[-1], guided), "r -> r 1")], dim=1)
             logits = decode_one_token(model, seq, cache, k)
     return torch.stack(codes, dim=1)
 
 
+def _raster_prefix(given: Given | None, device: torch.device) -> Tensor | None:
+    """The kept codes of a raster-prefix completion, (B, p); None for plain sampling."""
+    if given is None:
+        return None
+    p = prefix_length(given.keep)
+    assert p is not None, "check_prefix refuses a keep mask that is not a raster prefix"
+    return rearrange(given.codes, "b h w -> b (h w)")[:, :p].to(device)
+
+
 @torch.inference_mode()
 def generate_gpt(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices: list[int],
-                 cfg: SampleConfig) -> Tensor:
+                 cfg: SampleConfig, given: Given | None = None) -> Tensor:
     """Sample code grids from a causal-LM prior. labels (B,) (-1: unconditional), indices: the
-    samples' global indices (their random streams) -> codes (B, h, w) int64."""
+    samples' global indices (their random streams), given: kept codes of a raster prefix (their
+    cache prefilled in one pass) -> codes (B, h, w) int64."""
     device = next(model.parameters()).device
     guided = cfg.cfg_scale != 1.0
     vocab = spec.vocab
     cond = vocab.cond_token(vocab.class_index(labels)).to(device)
     rows = condition_rows(cond, torch.full_like(cond, vocab.uncond_token), guided)
     noise = SampleNoise(cfg.seed, indices, device)
-    codes = decode_n_tokens(model, rows, spec.grid_h * spec.grid_w, cfg, noise, guided, vocab.codebook_size)
+    codes = decode_n_tokens(model, rows, spec.grid_h * spec.grid_w, cfg, noise, guided, vocab.codebook_size,
+                            prefix=_raster_prefix(given, device))
     return rearrange(codes, "b (h w) -> b h w", h=spec.grid_h)
 
 
 @torch.inference_mode()
 def generate_pixelcnn(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices: list[int],
-                      cfg: SampleConfig) -> Tensor:
+                      cfg: SampleConfig, given: Given | None = None) -> Tensor:
     """Sample code grids from a PixelCNN prior in raster order, recomputing the grid each step
-    (van den Oord et al. 2016). labels (B,) (-1: unconditional) -> codes (B, h, w) int64."""
+    (van den Oord et al. 2016), after the kept raster prefix of `given`. labels (B,) (-1:
+    unconditional) -> codes (B, h, w) int64."""
     device = next(model.parameters()).device
     guided = cfg.cfg_scale != 1.0
-    vocab = spec.vocab
+    vocab, w = spec.vocab, spec.grid_w
     index = vocab.class_index(labels).to(device)
     rows = condition_rows(index, torch.full_like(index, vocab.uncond_index), guided)
     noise = SampleNoise(cfg.seed, indices, device)
-    codes = torch.zeros(len(rows), spec.grid_h, spec.grid_w, dtype=torch.long, device=device)
-    for i in range(spec.grid_h):
-        for j in range(spec.grid_w):
-            logits = model(codes, rows).logits[:, i, j, : vocab.codebook_size]
-            codes[:, i, j] = both_halves(_draw(logits, cfg, noise, guided), guided)
+    codes = torch.zeros(len(rows), spec.grid_h, w, dtype=torch.long, device=device)
+    start = 0
+    if given is not None:
+        start = prefix_length(given.keep)
+        kept = torch.where(given.keep, given.codes, 0)  # as in plain sampling, 0 where a code is still to draw
+        codes[:] = both_halves(kept.to(device), guided)
+    scales = draw_scales(cfg, spec.grid_h * w)
+    for t in range(start, spec.grid_h * w):
+        i, j = divmod(t, w)
+        logits = model(codes, rows).logits[:, i, j, : vocab.codebook_size]
+        codes[:, i, j] = both_halves(_draw(logits, scales[t], cfg, noise, guided), guided)
     return codes[: len(labels)]
 
 
-GPT_SAMPLER = Sampler(generate_gpt, check_autoregressive)
-PIXELCNN_SAMPLER = Sampler(generate_pixelcnn, check_autoregressive)
+GPT_SAMPLER = Sampler(generate_gpt, check_autoregressive, check_prefix)
+PIXELCNN_SAMPLER = Sampler(generate_pixelcnn, check_autoregressive, check_prefix)
 
 
 class Batch(NamedTuple):
@@ -227,9 +303,11 @@ class Batch(NamedTuple):
 
 
 def generate(model: torch.nn.Module, draw: DrawBatch, spec: GridSpec, labels: Tensor, indices: list[int],
-             cfg: SampleConfig) -> Iterator[Batch]:
+             cfg: SampleConfig, given: Given | None = None) -> Iterator[Batch]:
     """Sample the given indices (with their labels (n,)) batch by batch with the prior's `draw`
-    (its `Sampler.draw`, e.g. `generate_gpt`)."""
+    (its `Sampler.draw`, e.g. `generate_gpt`); with `given` (codes (n, h, w), keep (h, w)), complete
+    those codes instead."""
     for start in range(0, len(indices), cfg.batch_size):
-        idx, lab = indices[start : start + cfg.batch_size], labels[start : start + cfg.batch_size]
-        yield Batch(idx, lab, draw(model, spec, lab, idx, cfg).cpu())
+        part = slice(start, start + cfg.batch_size)
+        kept = None if given is None else Given(given.codes[part], given.keep)
+        yield Batch(indices[part], labels[part], draw(model, spec, labels[part], indices[part], cfg, kept).cpu())

@@ -10,6 +10,10 @@ Every grid starts with its T codes masked. Each of S steps:
    under the model's (guided) logits, whatever temperature and filters drew it, as in the paper's
    code, plus Gumbel noise scaled by choice_temperature * (1 - s/S): early choices are more random.
 
+A completion (`Given`) starts with its kept codes unmasked; they are never masked again, and the M
+masked positions follow the schedule from M, in min(S, M) steps. Classifier-free guidance at step s
+uses the scale `sampling.guidance` gives step s of the steps (cfg_schedule, cfg_interval).
+
 Each sample draws from its own stream (`SampleNoise`): per step, K Exp(1) numbers for each of its
 masked positions (the code draws; drawn and unused when greedy), then one per masked position (the
 Gumbel noise). Every sample has the same number of masked positions at a step, so its numbers, and its
@@ -25,7 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 from core.errors import VqgenError
-from sampling.generate import GridSpec, SampleConfig, Sampler, both_halves, condition_rows
+from sampling.generate import Given, GridSpec, SampleConfig, Sampler, both_halves, condition_rows, draw_scales
 from sampling.logits import SampleNoise, draw, guide, shape
 from stage2_prior.maskgit import mask_token, maskgit_logits
 from stage2_prior.masking import lowest
@@ -55,17 +59,17 @@ def check_maskgit(cfg: SampleConfig, spec: GridSpec, source: str) -> None:
                          f"codes and each step decodes at least one; pass --steps between 1 and {num_tokens}")
 
 
-def decode_step(model: torch.nn.Module, tokens: Tensor, rows: Tensor, left: int, anneal: float,
+def decode_step(model: torch.nn.Module, tokens: Tensor, rows: Tensor, left: int, anneal: float, scale: float,
                 cfg: SampleConfig, noise: SampleNoise, spec: GridSpec) -> Tensor:
-    """tokens (B, T) ([MASK] where unknown), condition rows (R,) (R = 2B: [cond; uncond], guided)
-    -> (B, T) with `left` positions masked again, those whose draws were least confident (Gumbel
-    noise scaled by `anneal`)."""
+    """tokens (B, T) ([MASK] where unknown), condition rows (R,) (R = 2B: [cond; uncond], guided at
+    `scale`) -> (B, T) with `left` positions masked again, those whose draws were least confident
+    (Gumbel noise scaled by `anneal`)."""
     vocab, k, guided = spec.vocab, spec.vocab.codebook_size, len(rows) == 2 * len(tokens)
     masked = tokens == mask_token(vocab)
     count = int(masked[0].sum())  # the same in every row: all follow one schedule
     grid = rearrange(both_halves(tokens, guided), "r (h w) -> r h w", h=spec.grid_h)
     logits = maskgit_logits(model, grid, rows, k).float()  # (R, T, K)
-    logits = (guide(logits, cfg.cfg_scale) if guided else logits)[masked]  # (B n, K)
+    logits = (guide(logits, scale) if guided else logits)[masked]  # (B n, K)
     # Drawn even when greedy, so that the choice noise below sits at the same place in the stream.
     eps = rearrange(noise.exponential(count * k), "b (n k) -> (b n) k", k=k)
     drawn = draw(shape(logits, cfg.filters), eps if cfg.temperature > 0 else None)  # (B n,)
@@ -79,30 +83,46 @@ def decode_step(model: torch.nn.Module, tokens: Tensor, rows: Tensor, left: int,
 
 @torch.inference_mode()
 def decode(model: torch.nn.Module, spec: GridSpec, rows: Tensor, indices: list[int],
-           cfg: SampleConfig) -> list[Tensor]:
-    """Decode the samples `indices` from condition rows (R,) ([cond; uncond] when guided): the
-    tokens (B, T) after each step, [MASK] where still unknown; the last holds only codes."""
-    vocab, num_tokens = spec.vocab, spec.grid_h * spec.grid_w
-    steps = cfg.steps if cfg.steps is not None else DEFAULT_STEPS
+           cfg: SampleConfig, given: Given | None = None) -> list[Tensor]:
+    """Decode the samples `indices` from condition rows (R,) ([cond; uncond] when guided), keeping
+    the codes `given` keeps: the tokens (B, T) after each step, [MASK] where still unknown; the last
+    holds only codes."""
+    tokens = _start(spec, len(indices), given, rows.device)
+    masked = int((tokens[0] == mask_token(spec.vocab)).sum())
+    if masked == 0:
+        return [tokens]  # everything kept: nothing to draw
+    steps = min(cfg.steps if cfg.steps is not None else DEFAULT_STEPS, masked)
     choice = cfg.choice_temperature if cfg.choice_temperature is not None else DEFAULT_CHOICE_TEMPERATURE
     noise = SampleNoise(cfg.seed, indices, rows.device)
-    tokens = torch.full((len(indices), num_tokens), mask_token(vocab), dtype=torch.long, device=rows.device)
     history = []
-    for step, left in enumerate(mask_schedule(num_tokens, steps), 1):
-        tokens = decode_step(model, tokens, rows, left, choice * (1 - step / steps), cfg, noise, spec)
+    for step, (left, scale) in enumerate(zip(mask_schedule(masked, steps), draw_scales(cfg, steps)), 1):
+        tokens = decode_step(model, tokens, rows, left, choice * (1 - step / steps), scale, cfg, noise, spec)
         history.append(tokens)
     return history
 
 
+def _start(spec: GridSpec, count: int, given: Given | None, device: torch.device) -> Tensor:
+    """The tokens (B, T) decoding starts from: [MASK] everywhere, or where `given` keeps no code."""
+    tokens = torch.full((count, spec.grid_h * spec.grid_w), mask_token(spec.vocab), dtype=torch.long, device=device)
+    if given is not None:
+        keep = rearrange(given.keep, "h w -> (h w)").to(device)
+        tokens[:, keep] = rearrange(given.codes, "b h w -> b (h w)").to(device)[:, keep]
+    return tokens
+
+
 @torch.inference_mode()
 def generate_maskgit(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices: list[int],
-                     cfg: SampleConfig) -> Tensor:
+                     cfg: SampleConfig, given: Given | None = None) -> Tensor:
     """Sample code grids from a MaskGIT prior. labels (B,) (-1: unconditional), indices: the
-    samples' global indices (their random streams) -> codes (B, h, w) int64."""
+    samples' global indices (their random streams), given: codes to keep (any mask) -> codes (B, h, w) int64."""
     vocab = spec.vocab
     cond = vocab.cond_token(vocab.class_index(labels)).to(next(model.parameters()).device)
     rows = condition_rows(cond, torch.full_like(cond, vocab.uncond_token), cfg.cfg_scale != 1.0)
-    return rearrange(decode(model, spec, rows, indices, cfg)[-1], "b (h w) -> b h w", h=spec.grid_h)
+    return rearrange(decode(model, spec, rows, indices, cfg, given)[-1], "b (h w) -> b h w", h=spec.grid_h)
 
 
-MASKGIT_SAMPLER = Sampler(generate_maskgit, check_maskgit)
+def any_mask(keep: Tensor, source: str) -> None:
+    """A bidirectional prior sees every kept code, wherever it is: it completes any mask."""
+
+
+MASKGIT_SAMPLER = Sampler(generate_maskgit, check_maskgit, any_mask)
