@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import VqgenError
 from sampling.complete import complete_images, keep_rows
 from sampling.generate import SampleConfig
 from stage1_vqvae.load import load_tokenizer
