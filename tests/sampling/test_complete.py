@@ -1,11 +1,14 @@
+import dataclasses
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from sampling.complete import complete_images, keep_rows
-from sampling.generate import SampleConfig
+from core.errors import VqgenError
+from sampling.complete import BLANK, complete_images, keep_rows
+from sampling.generate import Given, GridSpec, SampleConfig, generate
+from sampling.samplers import sampler_for
 from stage1_vqvae.load import load_tokenizer
 from stage2_prior.load import load_prior
 
@@ -46,3 +49,98 @@ def test_greedy_completion_keeps_the_kept_codes_and_repeats(generators, images, 
     assert torch.equal(first.codes[:, :, :2], original[:, None, :2].expand(-1, 3, -1, -1))
     assert torch.equal(first.codes, again.codes) and torch.equal(first.completions, again.completions)
     assert 0 <= int(first.codes.min()) and int(first.codes.max()) < K
+
+
+def raster_prefix(p):
+    keep = torch.zeros(GRID * GRID, dtype=torch.bool)
+    keep[:p] = True
+    return keep.reshape(GRID, GRID)
+
+
+def grids(count, seed=0):
+    return torch.randint(0, K, (count, GRID, GRID), generator=torch.Generator().manual_seed(seed))
+
+
+LABELS = torch.tensor([0, 1, 2, -1, 0])
+
+
+def draw_all(prior, cfg, given=None):
+    spec = GridSpec(prior.meta.vocab, GRID, GRID)
+    draw = sampler_for(prior.meta.arch).draw
+    batches = generate(prior.model, draw, spec, LABELS, list(range(len(LABELS))), cfg, given)
+    return torch.cat([b.codes for b in batches])
+
+
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+@pytest.mark.parametrize("p", [1, 6, 15])
+def test_gpt_prefilled_prefix_equals_recompute(generators, kv_cache, p):
+    """The cache prefilled with the kept prefix in one pass draws what recomputing the whole
+    sequence at every code (kv_cache none) draws; the prefix is kept (6: mid-row)."""
+    cfg = SampleConfig(seed=4, temperature=1.3, top_k=6, top_p=0.9, cfg_scale=2.5, batch_size=2)
+    given = Given(grids(len(LABELS)), raster_prefix(p))
+    cached = draw_all(generators[0]["gpt"], dataclasses.replace(cfg, kv_cache=kv_cache), given)
+    assert torch.equal(cached, draw_all(generators[0]["gpt"], dataclasses.replace(cfg, kv_cache="none"), given))
+    assert torch.equal(cached.flatten(1)[:, :p], given.codes.flatten(1)[:, :p])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_keeping_nothing_is_plain_sampling_and_everything_is_the_input(generators, arch):
+    prior, cfg = generators[0][arch], SampleConfig(seed=5, cfg_scale=2.0, batch_size=3)
+    codes = grids(len(LABELS))
+    nothing = Given(codes, torch.zeros(GRID, GRID, dtype=torch.bool))
+    assert torch.equal(draw_all(prior, cfg, nothing), draw_all(prior, cfg))
+    assert torch.equal(draw_all(prior, cfg, Given(codes, torch.ones(GRID, GRID, dtype=torch.bool))), codes)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_completions_do_not_depend_on_the_batch(generators, images, arch):
+    priors, tokenizer = generators
+    keep = keep_rows(GRID, GRID, 1)
+    runs = [complete_images(priors[arch], tokenizer, images, keep, SampleConfig(n=3, seed=2, batch_size=b),
+                            labels=torch.tensor([1, 1])).codes for b in (1, 3)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0][:, 0], runs[0][:, 1])  # each completion has a stream of its own
+
+
+def test_maskgit_completes_any_mask(generators, images):
+    priors, tokenizer = generators
+    keep = (torch.arange(GRID)[:, None] + torch.arange(GRID)) % 2 == 0  # a checkerboard
+    done = complete_images(priors["maskgit"], tokenizer, images, keep, SampleConfig(n=2, seed=1, steps=8),
+                           labels=torch.tensor([0, 1]))
+    original = tokenizer.encode(images)
+    assert torch.equal(done.codes[:, :, keep], original[:, None, keep].expand(-1, 2, -1))
+    assert not torch.equal(done.codes[:, :, ~keep], original[:, None, ~keep].expand(-1, 2, -1))
+
+
+@pytest.mark.parametrize("arch", ["gpt", "pixelcnn"])
+def test_an_autoregressive_prior_refuses_a_mask_that_is_not_a_prefix(generators, images, arch):
+    priors, tokenizer = generators
+    keep = ~keep_rows(GRID, GRID, 2)  # the bottom rows
+    with pytest.raises(VqgenError, match="completes only a prefix in raster order .* use a maskgit prior") as err:
+        complete_images(priors[arch], tokenizer, images, keep, SampleConfig(n=1))
+    assert "\n" not in str(err.value)
+
+
+def test_kept_shows_the_kept_codes_pixels_and_blanks_the_rest(generators, images):
+    priors, tokenizer = generators
+    done = complete_images(priors["gpt"], tokenizer, images, keep_rows(GRID, GRID, 1), SampleConfig(n=1))
+    factor = 8 // GRID  # pixels per code
+    assert torch.equal(done.original, images) and torch.equal(done.kept[..., :factor, :], images[..., :factor, :])
+    assert bool((done.kept[..., factor:, :] == BLANK).all())
+
+
+@pytest.mark.parametrize("keep,match", [
+    (torch.ones(GRID, GRID + 1, dtype=torch.bool), r"shape \(4, 5\), but the prior's code grid is 4x4"),
+    (torch.ones(GRID, GRID), r"got torch.float32 .* give a bool mask"),
+    (torch.ones(3, GRID, GRID, dtype=torch.bool), r"one per image \(2, h, w\)"),
+])
+def test_a_bad_keep_mask_is_one_line(generators, images, keep, match):
+    priors, tokenizer = generators
+    with pytest.raises(VqgenError, match=match):
+        complete_images(priors["maskgit"], tokenizer, images, keep, SampleConfig(n=1))
+
+
+def test_keep_rows_out_of_range_is_one_line():
+    assert keep_rows(4, 3, 4).all() and not keep_rows(4, 3, 0).any()
+    with pytest.raises(VqgenError, match="--keep-rows 5: the code grid has 4 rows; pass 0 to 4"):
+        keep_rows(4, 3, 5)
