@@ -100,6 +100,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "samples": OutputKind("a sample folder (sample)", "sample_config.json"),
     "reconstruct": OutputKind("a reconstruct folder", "metrics.json", key="tokenizer_sha256"),
     "pipeline": OutputKind("a pipeline run", "stages"),
+    "bundle": OutputKind("a generator bundle (export)", "bundle.json"),
 }
 
 

@@ -50,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "fid": "FID and KID of a folder of samples against reference statistics",
     "train-classifier": "train the small-data classifier used for classifier FID / IS",
     "pipeline": "tokenizer -> codes -> prior -> samples -> eval, resumable",
+    "export": "a finished pipeline run as one folder (models, checksums, model card) to share or upload to the Hub",
 }
 
 # What to do after Ctrl-C: training resumes from its last checkpoint, sampling and the pipeline
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         p[name].add_argument("--out", type=Path, required=name != "fid", help="output folder or file")
     for name in ("dump-codes", "reconstruct", "sample"):
-        p[name].add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder (or its run)")
+        p[name].add_argument("--tokenizer", type=Path, required=name != "sample", help="tokenizer folder (or its run)")
     p["dump-codes"].add_argument("--splits", default="train,val", help="comma-separated splits to encode")
     p["dump-codes"].add_argument("--batch-size", type=checked(int, AT_LEAST_ONE), default=256,
                                  help="images encoded at once")
@@ -151,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="images in the side-by-side PNG")
     p["reconstruct"].add_argument("--rfid-n", type=checked(int, FID_COUNT), default=0,
                                   help="val images for rFID (0: --n)")
-    p["sample"].add_argument("--prior", type=Path, required=True, help="prior folder (or its run)")
+    p["sample"].add_argument("--prior", type=Path, help="prior folder (or its run); with --tokenizer, or use --run")
+    p["sample"].add_argument("--run", metavar="WHERE", help="a pipeline run, a bundle (vqgen export) or a Hub repo id: "
+                             "its prior and tokenizer, instead of --prior and --tokenizer")
+    p["export"].add_argument("--run", type=Path, required=True, help="a finished `vqgen pipeline` run folder")
     p["fid-ref"].add_argument("--split", default="test")
     p["fid-ref"].add_argument("--n", type=checked(int, FID_COUNT), default=0,
                               help="reference images (0: the whole split)")
@@ -346,9 +350,27 @@ def _cmd_train_prior(args, overrides):
 def _cmd_sample(args, overrides):
     from sampling.decode import sample
 
+    prior, tokenizer = _prior_and_tokenizer(args)
     if args.classes is not None:
         args.classes = _class_ids(args.classes)
-    return f"samples: {sample(args.prior, args.tokenizer, _settings(args, overrides), args.out)}"
+    return f"samples: {sample(prior, tokenizer, _settings(args, overrides), args.out)}"
+
+
+def _prior_and_tokenizer(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The generator of `--run WHERE`, or of `--prior` with `--tokenizer`: exactly one of the two forms."""
+    from vqgen.generator import locate_generator
+
+    given = [flag for flag, value in (("--prior", args.prior), ("--tokenizer", args.tokenizer)) if value is not None]
+    if args.run is not None and given:
+        raise VqgenError(f"--run and {' and '.join(given)} both name a generator; pass --run WHERE alone, or "
+                         "--prior with --tokenizer")
+    if args.run is not None:
+        found = locate_generator(args.run)
+        return found.prior, found.tokenizer
+    if len(given) < 2:
+        raise VqgenError("no generator given; pass --run WHERE (a pipeline run, a bundle or a Hub repo id), or "
+                         "--prior DIR with --tokenizer DIR")
+    return args.prior, args.tokenizer
 
 
 def _class_ids(text: str) -> list[int]:
@@ -402,6 +424,14 @@ def _cmd_pipeline(args, overrides):
     report = run_pipeline(_settings(args, overrides), args.out, inception_weights=args.inception_weights, echo=_echo,
                           cache=_stats_cache(args))
     return f"report: {report}"
+
+
+def _cmd_export(args, overrides):
+    from vqgen.export import export_run
+
+    if overrides:  # export has no settings: a stray --key=value is a mistake, not something to ignore
+        raise VqgenError(f"{overrides[0]}: vqgen export has no settings; pass only --run DIR and --out BUNDLE")
+    return f"bundle: {export_run(args.run, args.out)}"
 
 
 def _stats_cache(args: argparse.Namespace):
