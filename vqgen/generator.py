@@ -49,7 +49,10 @@ def locate_generator(where: str | Path) -> GeneratorPaths:
     if path.exists():
         return _local(path, source)
     if REPO_ID.match(source) and not source.endswith((".", "/")):
-        return bundle_paths(_download(source), source)
+        snapshot = _download(source)
+        if not (snapshot / BUNDLE_FILE).is_file():
+            raise VqgenError(f"{source}: this Hub repo has no {BUNDLE_FILE}, so it is not a vqgen bundle; {FIX}")
+        return bundle_paths(snapshot, source)
     raise VqgenError(f"{source}: no such folder; {FIX}")
 
 
@@ -125,9 +128,10 @@ def _inside_models(name: str) -> bool:
 
 
 def _download(repo_id: str) -> Path:
-    """A snapshot of Hub repo `repo_id` in the Hugging Face cache (works offline when already cached)."""
+    """A snapshot of Hub repo `repo_id` in the Hugging Face cache (works offline when already cached):
+    the bundle's files only, so a repo that is not a bundle costs no large download."""
     try:
-        return Path(snapshot_download(repo_id))
+        return Path(snapshot_download(repo_id, allow_patterns=[BUNDLE_FILE, "README.md", *(f"{m}/*" for m in MODELS)]))
     except GatedRepoError:
         raise VqgenError(f"{repo_id}: a gated Hub repo; accept its terms on the Hub and log in (hf auth login)") from None
     except RepositoryNotFoundError:

@@ -128,11 +128,14 @@ def test_the_card_has_hub_metadata_metrics_with_their_protocol_and_usage(bundle)
     assert "/home/someone" not in text  # the evaluating machine's paths stay out of a public card
 
 
-def test_a_run_without_evaluation_gets_a_card_that_says_so(tmp_path):
-    bundle = export_run(tiny_run(tmp_path / "run"), tmp_path / "b")
-    meta = front_matter(bundle / "README.md")
-    assert "model-index" not in meta and not (bundle / "samples.png").exists()
-    assert "Not measured" in (bundle / "README.md").read_text()
+def test_an_unevaluated_unconditional_pixelcnn_run_gets_a_card_that_says_so(tmp_path):
+    bundle = export_run(tiny_run(tmp_path / "run", arch="pixelcnn", num_classes=0), tmp_path / "b")
+    meta, text = front_matter(bundle / "README.md"), (bundle / "README.md").read_text()
+    assert "model-index" not in meta and not (bundle / "samples.png").exists() and "Not measured" in text
+    assert meta["pipeline_tag"] == "unconditional-image-generation" and "unconditional" in meta["tags"]
+    # Not a transformers causal LM: the card does not offer the plain-transformers recipe.
+    assert json.loads((bundle / "bundle.json").read_text())["models"]["prior"]["loads_with"] == "vqgen"
+    assert "AutoModelForCausalLM" not in text and 'load_prior("b/prior")' in text
 
 
 @pytest.mark.parametrize("change, words", [
