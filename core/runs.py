@@ -98,6 +98,7 @@ OUTPUT_KINDS: dict[str, OutputKind] = {
     "run": OutputKind("a training run (train-tokenizer, train-prior, train-classifier)", "run_config.json"),
     "codes": OutputKind("a code-grid folder (dump-codes)", "vqgen_codes.json"),
     "samples": OutputKind("a sample folder (sample)", "sample_config.json"),
+    "completions": OutputKind("a completion folder (complete)", "complete_config.json"),
     "reconstruct": OutputKind("a reconstruct folder", "metrics.json", key="tokenizer_sha256"),
     "pipeline": OutputKind("a pipeline run", "stages"),
     "bundle": OutputKind("a generator bundle (export)", "bundle.json"),

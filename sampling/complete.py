@@ -42,6 +42,8 @@ class CompleteConfig(SampleConfig):
     """`vqgen complete`'s settings: those of `vqgen sample`, with n counted per image."""
 
     n: int = setting(8, "completions per image", ge=1)
+    classes: list[int] | None = setting(None, "the class of the completions: one for every image, or one per "
+                                        "image (-1: unconditional); null: unconditional", ge=-1)
     per_class: int = setting(0, "not used by complete (each image gets n completions); read from a pipeline "
                              "YAML's sample: section and ignored", ge=0)
 
@@ -52,6 +54,7 @@ class Completion:
     kept: Tensor  # (B, C, H, W): the images with the pixels of dropped codes blanked (BLANK)
     completions: Tensor  # (B, n, C, H, W): decoded completions
     codes: Tensor  # (B, n, h, w) int64: their codes, the kept ones unchanged
+    labels: Tensor  # (B,) int64: the class of each image's completions, -1 unconditional
 
 
 def keep_rows(grid_h: int, grid_w: int, rows: int) -> Tensor:
@@ -73,29 +76,42 @@ def completion_labels(cfg: SampleConfig, count: int) -> Tensor:
     return torch.tensor(classes if len(classes) == count else classes * count, dtype=torch.long)
 
 
+def check_completion(prior: LoadedPrior, count: int, keep: Tensor, cfg: SampleConfig,
+                     labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Refuse, in one line, what the prior cannot complete for `count` images; -> their masks
+    (count, h, w) bool and labels (count,) int64 (see `complete_images`)."""
+    source, spec = str(prior.model.name_or_path), _spec(prior)
+    sampler = sampler_for(prior.meta.arch)
+    check_config(cfg, prior.meta.num_classes, source)
+    sampler.check(cfg, spec, source)
+    masks = _masks(keep, count, spec)
+    for mask in masks.unique(dim=0):
+        sampler.check_keep(mask, source)
+    labels = completion_labels(cfg, count) if labels is None else labels.long().cpu()
+    check_classes(labels.tolist(), prior.meta.num_classes, source)
+    return masks, labels
+
+
 def complete_images(prior: LoadedPrior, tokenizer: VQVAE, images: Tensor, keep: Tensor, cfg: SampleConfig,
                     labels: Tensor | None = None) -> Completion:
     """Complete images (B, C, H, W) in [-1, 1] keeping the codes where keep ((h, w) or (B, h, w) bool)
     is True: cfg.n completions each, image b of class labels[b] (-1: unconditional; None: from
     sample.classes). The tokenizer must be the prior's (`sampling.decode.check_pair`); both run on
     the prior's device."""
-    source, spec = str(prior.model.name_or_path), GridSpec(prior.meta.vocab, prior.meta.grid_h, prior.meta.grid_w)
-    sampler = sampler_for(prior.meta.arch)
-    check_config(cfg, prior.meta.num_classes, source)
-    sampler.check(cfg, spec, source)
-    masks = _masks(keep, len(images), spec)
-    for mask in masks.unique(dim=0):
-        sampler.check_keep(mask, source)
-    labels = completion_labels(cfg, len(images)) if labels is None else labels
-    check_classes(labels.tolist(), prior.meta.num_classes, source)
+    masks, labels = check_completion(prior, len(images), keep, cfg, labels)
+    spec, draw = _spec(prior), sampler_for(prior.meta.arch).draw
     device = next(prior.model.parameters()).device
     tokenizer = tokenizer.to(device)
     codes = _encode(tokenizer, images.to(device), spec)
-    drawn = torch.stack([_complete_one(prior.model, sampler.draw, spec, Given(codes[b], masks[b]), int(labels[b]),
-                                       b, cfg) for b in range(len(images))])
+    drawn = torch.stack([_complete_one(prior.model, draw, spec, Given(codes[b], masks[b]), int(labels[b]), b, cfg)
+                         for b in range(len(images))])
     decoded = _decode(tokenizer, rearrange(drawn, "b n h w -> (b n) h w"), cfg.batch_size)
-    return Completion(images.cpu(), _blank(images.cpu(), masks), rearrange(decoded, "(b n) c h w -> b n c h w",
-                                                                           b=len(images)), drawn)
+    return Completion(images.cpu(), _blank(images.cpu(), masks),
+                      rearrange(decoded, "(b n) c h w -> b n c h w", b=len(images)), drawn, labels)
+
+
+def _spec(prior: LoadedPrior) -> GridSpec:
+    return GridSpec(prior.meta.vocab, prior.meta.grid_h, prior.meta.grid_w)
 
 
 def _masks(keep: Tensor, count: int, spec: GridSpec) -> Tensor:

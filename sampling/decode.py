@@ -56,9 +56,10 @@ def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE) -> str:
     return digest
 
 
-def claim_folder(out: Path, settings: dict) -> None:
-    """Record what OUT holds; a rerun must ask for the same samples (batch size aside)."""
-    path = out / SETTINGS_FILE
+def claim_folder(out: Path, settings: dict, file: str = SETTINGS_FILE) -> None:
+    """Record what OUT holds in OUT/`file`; a rerun must ask for the same samples (batch size aside).
+    A key the recorded settings lack is a setting added since, whose null default is what they ran with."""
+    path = out / file
     if path.is_file():
         old = read_json(path, "sample settings")
         changed = sorted(k for k in settings.keys() | old.keys()

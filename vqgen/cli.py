@@ -46,11 +46,13 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "reconstruct val images with a tokenizer: side-by-side PNG and metrics",
     "train-prior": "train a prior (GPT, PixelCNN or MaskGIT) on code grids (stage 2)",
     "sample": "draw images from a prior and decode them with the tokenizer",
+    "complete": "complete images: keep some of their codes (top rows or a mask), draw the rest with the prior",
     "fid-ref": "compute reference Inception statistics of a data set",
     "fid": "FID and KID of a folder of samples against reference statistics",
     "train-classifier": "train the small-data classifier used for classifier FID / IS",
     "pipeline": "tokenizer -> codes -> prior -> samples -> eval, resumable",
     "export": "a finished pipeline run as one folder (models, checksums, model card) to share or upload to the Hub",
+    "serve": "a web demo of a trained generator on this machine (gradio): generate and complete images",
 }
 
 # What to do after Ctrl-C: training resumes from its last checkpoint, sampling and the pipeline
@@ -95,8 +97,9 @@ def data_settings() -> type:
 
 DATA_FLAGS = {"data": "data.spec", "skip_bad": "data.skip_bad"}
 SWITCHES = {"skip_bad"}  # named flags that take no value
-SAMPLE_FLAGS = ("n", "temperature", "top_k", "top_p", "cfg_scale", "per_class", "batch_size", "seed", "classes",
-                "steps", "kv_cache")
+SAMPLE_FLAGS = ("n", "temperature", "top_k", "top_p", "cfg_scale", "cfg_schedule", "cfg_interval", "per_class",
+                "batch_size", "seed", "classes", "steps", "kv_cache")
+GENERATOR_COMMANDS = ("sample", "complete")  # take --run WHERE, or --prior with --tokenizer
 SETTINGS: dict[str, Settings] = {
     "train-tokenizer": Settings(_lazy("stage1_vqvae.train", "TokenizerRunConfig"), "tokenizer", DATA_FLAGS),
     "dump-codes": Settings(data_settings, None, DATA_FLAGS),
@@ -104,6 +107,8 @@ SETTINGS: dict[str, Settings] = {
     "train-prior": Settings(_lazy("stage2_prior.train", "PriorRunConfig"), "prior",
                             {name: name for name in ("codes", "arch", "preset")}),
     "sample": Settings(_lazy("sampling.generate", "SampleConfig"), "sample", {name: name for name in SAMPLE_FLAGS}),
+    "complete": Settings(_lazy("sampling.complete", "CompleteConfig"), "sample",
+                         {name: name for name in SAMPLE_FLAGS if name != "per_class"}),
     "fid-ref": Settings(data_settings, None, DATA_FLAGS),
     "train-classifier": Settings(_lazy("eval.classifier", "ClassifierRunConfig"), "eval.classifier", DATA_FLAGS),
     "pipeline": Settings(_lazy("vqgen.pipeline", "PipelineConfig")),
@@ -141,10 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
             _named_flag(p[name], settings, dest, key)
     for name in ("train-tokenizer", "train-prior", "train-classifier"):
         p[name].add_argument("--resume", action="store_true", help="continue the run in --out")
-    for name in COMMANDS:
+    for name in COMMANDS.keys() - {"serve"}:  # serve writes nothing
         p[name].add_argument("--out", type=Path, required=name != "fid", help="output folder or file")
-    for name in ("dump-codes", "reconstruct", "sample"):
-        p[name].add_argument("--tokenizer", type=Path, required=name != "sample", help="tokenizer folder (or its run)")
+    for name in ("dump-codes", "reconstruct", "sample", "complete"):
+        p[name].add_argument("--tokenizer", type=Path, required=name not in GENERATOR_COMMANDS,
+                             help="tokenizer folder (or its run)")
     p["dump-codes"].add_argument("--splits", default="train,val", help="comma-separated splits to encode")
     p["dump-codes"].add_argument("--batch-size", type=checked(int, AT_LEAST_ONE), default=256,
                                  help="images encoded at once")
@@ -152,10 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="images in the side-by-side PNG")
     p["reconstruct"].add_argument("--rfid-n", type=checked(int, FID_COUNT), default=0,
                                   help="val images for rFID (0: --n)")
-    p["sample"].add_argument("--prior", type=Path, help="prior folder (or its run); with --tokenizer, or use --run")
-    p["sample"].add_argument("--run", metavar="WHERE", help="a pipeline run, a bundle (vqgen export) or a Hub repo id: "
+    for name in GENERATOR_COMMANDS:
+        p[name].add_argument("--prior", type=Path, help="prior folder (or its run); with --tokenizer, or use --run")
+        p[name].add_argument("--run", metavar="WHERE", help="a pipeline run, a bundle (vqgen export) or a Hub repo id: "
                              "its prior and tokenizer, instead of --prior and --tokenizer")
+    _completion_arguments(p["complete"])
     p["export"].add_argument("--run", type=Path, required=True, help="a finished `vqgen pipeline` run folder")
+    _serve_arguments(p["serve"])
     p["fid-ref"].add_argument("--split", default="test")
     p["fid-ref"].add_argument("--n", type=checked(int, FID_COUNT), default=0,
                               help="reference images (0: the whole split)")
@@ -171,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
         p[name].add_argument("--no-cache", action="store_true",
                              help="compute data statistics again, without reading or filling $VQGEN_CACHE")
     return parser
+
+
+def _completion_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", type=Path, action="append", required=True, metavar="FILE",
+                   help="an image to complete (repeat for more); converted to the tokenizer's size and channels")
+    keep = p.add_mutually_exclusive_group(required=True)
+    keep.add_argument("--keep-rows", type=checked(int, Rule(ge=0)), metavar="R", help="keep the top R rows of codes")
+    keep.add_argument("--keep-mask", type=Path, metavar="FILE",
+                      help="PNG of the code grid's size (a pixel per code) or the image size: white keeps")
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", metavar="WHERE", required=True,
+                   help="a pipeline run, a bundle (vqgen export) or a Hub repo id: the generator to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every network interface)")
+    p.add_argument("--port", type=checked(int, Rule(ge=1, le=65535)), default=7860, help="port to listen on")
+    p.add_argument("--share", action="store_true", help="also a public gradio.live link (off: reachable from --host only)")
 
 
 def _config_help(name: str, settings: Settings) -> str:
@@ -351,9 +377,17 @@ def _cmd_sample(args, overrides):
     from sampling.decode import sample
 
     prior, tokenizer = _prior_and_tokenizer(args)
-    if args.classes is not None:
-        args.classes = _class_ids(args.classes)
+    _split_list_flags(args)
     return f"samples: {sample(prior, tokenizer, _settings(args, overrides), args.out)}"
+
+
+def _cmd_complete(args, overrides):
+    from sampling.completion_folder import complete
+
+    prior, tokenizer = _prior_and_tokenizer(args)
+    _split_list_flags(args)
+    keep = args.keep_rows if args.keep_mask is None else args.keep_mask
+    return f"completions: {complete(prior, tokenizer, args.image, keep, _settings(args, overrides), args.out)}"
 
 
 def _prior_and_tokenizer(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -371,6 +405,18 @@ def _prior_and_tokenizer(args: argparse.Namespace) -> tuple[Path, Path]:
         raise VqgenError("no generator given; pass --run WHERE (a pipeline run, a bundle or a Hub repo id), or "
                          "--prior DIR with --tokenizer DIR")
     return args.prior, args.tokenizer
+
+
+def _split_list_flags(args: argparse.Namespace) -> None:
+    """The list flags of the sample settings, given as comma-separated text: --classes 0,3 --cfg-interval 0,0.5."""
+    if args.classes is not None:
+        args.classes = _class_ids(args.classes)
+    if args.cfg_interval is not None:
+        try:
+            args.cfg_interval = [float(v) for v in args.cfg_interval.split(",")]
+        except ValueError:
+            raise VqgenError(f"--cfg-interval '{args.cfg_interval}': not two comma-separated fractions; write e.g. "
+                             "0,0.5") from None
 
 
 def _class_ids(text: str) -> list[int]:
@@ -432,6 +478,15 @@ def _cmd_export(args, overrides):
     if overrides:  # export has no settings: a stray --key=value is a mistake, not something to ignore
         raise VqgenError(f"{overrides[0]}: vqgen export has no settings; pass only --run DIR and --out BUNDLE")
     return f"bundle: {export_run(args.run, args.out)}"
+
+
+def _cmd_serve(args, overrides):
+    from vqgen.serve import serve
+
+    if overrides:  # the page sets the sampling settings; a stray --key=value is a mistake, not something to ignore
+        raise VqgenError(f"{overrides[0]}: vqgen serve has no settings (the page sets them); pass --run WHERE and, "
+                         "if needed, --host, --port or --share")
+    return f"serve: {serve(args.run, args.host, args.port, args.share)} stopped"
 
 
 def _stats_cache(args: argparse.Namespace):

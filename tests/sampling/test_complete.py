@@ -1,12 +1,16 @@
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.errors import VqgenError
 from sampling.complete import BLANK, complete_images, keep_rows
+from sampling.completion_folder import read_image
 from sampling.generate import Given, GridSpec, SampleConfig, generate
 from sampling.samplers import sampler_for
 from stage1_vqvae.load import load_tokenizer
@@ -144,3 +148,101 @@ def test_keep_rows_out_of_range_is_one_line():
     assert keep_rows(4, 3, 4).all() and not keep_rows(4, 3, 0).any()
     with pytest.raises(VqgenError, match="--keep-rows 5: the code grid has 4 rows; pass 0 to 4"):
         keep_rows(4, 3, 5)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Saved tiny generators (a GPT and a MaskGIT prior over one tokenizer) and two 8x8 grey PNGs."""
+    root = tmp_path_factory.mktemp("cli")
+    tokenizer = save_tokenizer(root / "tokenizer")
+    priors = {arch: save_prior(root / arch, tokenizer, arch=arch) for arch in ("gpt", "maskgit")}
+    pngs = []
+    for i in range(2):
+        pngs.append(root / f"image{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(pngs[-1])
+    return priors, tokenizer, pngs
+
+
+def run_complete(folders, out, *flags, arch="gpt"):
+    from vqgen.cli import main
+
+    priors, tokenizer, pngs = folders
+    images = [arg for png in pngs for arg in ("--image", str(png))]
+    return main(["complete", "--prior", str(priors[arch]), "--tokenizer", str(tokenizer), *images, "--out", str(out),
+                 *flags])
+
+
+def input_codes(folders):
+    tokenizer = load_tokenizer(folders[1])
+    pixels = torch.stack([read_image(png, tokenizer, pad=False) for png in folders[2]])
+    return tokenizer.encode(pixels)
+
+
+def test_complete_writes_completions_grid_codes_and_settings(tmp_path, folders):
+    out = tmp_path / "c"
+    assert run_complete(folders, out, "--keep-rows", "2", "--n", "3", "--temperature", "0", "--cfg-scale", "2",
+                        "--classes", "1,2") == 0
+    assert sorted(p.name for p in (out / "completions").iterdir()) == [f"{b:03d}_{j:03d}.png" for b in range(2)
+                                                                        for j in range(3)]
+    with np.load(out / "codes.npz") as saved:
+        codes, keep, labels = (torch.from_numpy(saved[k]) for k in ("codes", "keep", "labels"))
+    assert codes.shape == (2, 3, GRID, GRID) and labels.tolist() == [1, 2] and keep[:, :2].all() and not keep[:, 2:].any()
+    assert torch.equal(codes[:, :, :2], input_codes(folders)[:, None, :2].expand(-1, 3, -1, -1))
+    assert torch.equal(codes[:, 0], codes[:, 1])  # greedy: every completion of an image is the same
+    with Image.open(out / "grid.png") as grid:  # 2 rows of original | kept | 3 completions, 8x8 with 2 px padding
+        assert grid.size == (2 + 5 * 10, 2 + 2 * 10)
+    settings = json.loads((out / "complete_config.json").read_text())
+    assert settings["keep_rows"] == 2 and settings["images"] == [str(p) for p in folders[2]]
+    made = {p.name: p.read_bytes() for p in (out / "completions").iterdir()}
+    assert run_complete(folders, out, "--keep-rows", "2", "--n", "3", "--temperature", "0", "--cfg-scale", "2",
+                        "--classes", "1,2") == 0  # the same again: the same files
+    assert {p.name: p.read_bytes() for p in (out / "completions").iterdir()} == made
+
+
+@pytest.mark.parametrize("size", [GRID, 8])  # a pixel per code, or the image's size
+def test_keep_mask_file_for_maskgit(tmp_path, folders, size):
+    keep = (torch.arange(GRID)[:, None] + torch.arange(GRID)) % 2 == 0  # a checkerboard of codes
+    pixels = keep.repeat_interleave(size // GRID, 0).repeat_interleave(size // GRID, 1).numpy().astype(np.uint8) * 255
+    Image.fromarray(pixels).save(tmp_path / "mask.png")
+    out = tmp_path / "c"
+    assert run_complete(folders, out, "--keep-mask", str(tmp_path / "mask.png"), "--n", "2", arch="maskgit") == 0
+    with np.load(out / "codes.npz") as saved:
+        codes = torch.from_numpy(saved["codes"])
+        assert torch.equal(torch.from_numpy(saved["keep"][0]), keep)
+    assert torch.equal(codes[:, :, keep], input_codes(folders)[:, None, keep].expand(-1, 2, -1))
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("vqgen complete: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_inputs_are_one_line_before_any_write(tmp_path, folders, capsys):
+    Image.fromarray(np.zeros((5, 5), dtype=np.uint8)).save(tmp_path / "mask.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "c"
+    cases = [
+        (["--keep-mask", str(tmp_path / "mask.png")], f"--keep-mask {tmp_path / 'mask.png'}: 5x5 pixels, but it must "
+                                                      "be 4x4 (one pixel per code) or 8x8"),
+        (["--keep-rows", "5"], "--keep-rows 5: the code grid has 4 rows; pass 0 to 4"),
+        (["--keep-rows", "1", "--image", str(tmp_path / "broken.png")], f"--image {tmp_path / 'broken.png'}: cannot "
+                                                                         "read it as an image"),
+        (["--keep-rows", "1", "--image", str(tmp_path / "gone.png")], f"--image {tmp_path / 'gone.png'}: not found"),
+        (["--keep-rows", "1", "--classes", "0,1,2"], "give one class for every image, or one per image (2 images)"),
+    ]
+    for flags, fragment in cases:
+        assert run_complete(folders, out, *flags) == 2
+        assert fragment in one_error_line(capsys)
+    keep = ~keep_rows(GRID, GRID, 1).numpy()
+    Image.fromarray(keep.astype(np.uint8) * 255).save(tmp_path / "bottom.png")
+    assert run_complete(folders, out, "--keep-mask", str(tmp_path / "bottom.png")) == 2  # not a prefix, for a GPT
+    assert "use a maskgit prior" in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_a_rerun_with_other_settings_is_refused(tmp_path, folders, capsys):
+    assert run_complete(folders, tmp_path / "c", "--keep-rows", "1", "--n", "1") == 0
+    assert run_complete(folders, tmp_path / "c", "--keep-rows", "2", "--n", "1") == 2
+    assert "holds samples made with other settings (keep_rows)" in one_error_line(capsys)

@@ -64,6 +64,27 @@ def test_resume_with_other_settings_is_refused(tmp_path, pair):
         sample(pair[0], pair[1], SampleConfig(n=2, seed=1), tmp_path / "s")
 
 
+@pytest.mark.parametrize("change", [{"cfg_schedule": "linear"}, {"cfg_interval": [0.0, 0.5]}])
+def test_resume_with_another_guidance_schedule_is_refused(tmp_path, pair, change):
+    cfg = SampleConfig(n=2, cfg_scale=2.0)
+    sample(pair[0], pair[1], cfg, tmp_path / "s")
+    with pytest.raises(VqgenError, match=f"other settings \\({next(iter(change))}\\)"):
+        sample(pair[0], pair[1], dataclasses.replace(cfg, **change), tmp_path / "s")
+
+
+def test_a_folder_sampled_before_guidance_schedules_resumes(tmp_path, pair):
+    """Folders written before cfg_schedule and cfg_interval existed lack them: their null defaults
+    are the guidance those folders were sampled with, so the same command continues them."""
+    cfg = SampleConfig(n=3, cfg_scale=2.0)
+    out = sample(pair[0], pair[1], cfg, tmp_path / "s")
+    settings = json.loads((out / "sample_config.json").read_text())
+    del settings["cfg_schedule"], settings["cfg_interval"]
+    (out / "sample_config.json").write_text(json.dumps(settings))
+    (out / "images" / "000002_c2.png").unlink()
+    sample(pair[0], pair[1], cfg, out)
+    assert png_names(out) == ["000000_c0.png", "000001_c1.png", "000002_c2.png"]
+
+
 def test_mismatched_tokenizer_hash_is_refused(tmp_path, pair):
     other = save_tokenizer(tmp_path / "other")
     torch.manual_seed(5)
@@ -236,3 +257,20 @@ def test_steps_and_kv_cache_flags_are_one_line_for_the_wrong_prior(tmp_path, pai
     assert stop.value.code == 2 and "argument --steps: must be >= 1, got 0" in capsys.readouterr().err
     assert main([*base, "--prior", str(maskgit), "--steps", "3"]) == 0
     assert json.loads((tmp_path / "s" / "sample_config.json").read_text())["steps"] == 3
+
+
+def test_guidance_schedule_flags_reach_the_sample_settings(tmp_path, pair, capsys):
+    from vqgen.cli import main
+
+    base = ["sample", "--prior", str(pair[0]), "--tokenizer", str(pair[1]), "--n", "2", "--cfg-scale", "2"]
+    assert main([*base, "--out", str(tmp_path / "s"), "--cfg-schedule", "cosine", "--cfg-interval", "0,0.5"]) == 0
+    settings = json.loads((tmp_path / "s" / "sample_config.json").read_text())
+    assert (settings["cfg_schedule"], settings["cfg_interval"]) == ("cosine", [0.0, 0.5])
+    assert main([*base, "--out", str(tmp_path / "t"), "--cfg-interval", "0.5,0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "vqgen sample: error: sample.cfg_interval=[0.5, 0.5]: need [start, end)" in err and "Traceback" not in err
+    assert not (tmp_path / "t").exists()
+    with pytest.raises(SystemExit):
+        main(["sample", "--help"])
+    shown = capsys.readouterr().out
+    assert "--cfg_schedule=STR (default null; or --cfg-schedule)" in shown and "--cfg-interval)" in shown
