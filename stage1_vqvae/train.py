@@ -151,12 +151,16 @@ class TokenizerTask:
         self.last_eval = {f"val/{name}": value for name, value in scores.items() if name != "n_images"}
         return self.last_eval
 
-    def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path, accelerator: Accelerator) -> None:
-        """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction."""
+    def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path,
+                       accelerator: Accelerator) -> dict[str, Path]:
+        """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction; also
+        shown by the trackers of train.log_with, as val/reconstruction."""
         count = whole_rows(min(PREVIEW_IMAGES, len(self.val_set)), PREVIEW_COLS)
         images = torch.stack([self.val_set[i]["image"] for i in range(count)]).to(accelerator.device)
-        save_reconstruction_grid(images * 0.5 + 0.5, model(images).reconstruction * 0.5 + 0.5,
-                                 out_dir / f"recon_step_{step}.png", PREVIEW_COLS, layout="rows")
+        path = out_dir / f"recon_step_{step}.png"
+        save_reconstruction_grid(images * 0.5 + 0.5, model(images).reconstruction * 0.5 + 0.5, path, PREVIEW_COLS,
+                                 layout="rows")
+        return {"val/reconstruction": path}
 
     def save_extras(self, model_dir: Path) -> None:
         """vqgen_tokenizer.json: the data it was trained on (read back by `load.training_data`), the

@@ -33,7 +33,7 @@ from vqgen.preflight import check_pipeline
 from vqgen.report import write_run_report
 
 # Settings that change how a stage runs, not what it produces: a rerun may change them.
-RUNTIME_ONLY = {"train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "num_workers"),
+RUNTIME_ONLY = {"train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "num_workers", "log_with"),
                 "sample": FREE_SETTINGS}
 
 

@@ -17,6 +17,7 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 
 from core.config import setting
+from core.loop.tracking import TRACKERS, check_installed
 
 
 @dataclass
@@ -39,6 +40,12 @@ class TrainConfig:
     seed: int = setting(0, "seeds the initial weights and the data order", ge=0, le=2**32 - 1)
     num_workers: int = setting(0, "data loader worker processes", ge=0)
     eval_batches: int = setting(0, "val batches per evaluation; 0: the whole val set", ge=0)
+    log_with: list[str] = setting([], "experiment trackers (Accelerate's) logged to beside metrics.jsonl, "
+                                  "e.g. [tensorboard]; their files go to OUT/trackers", choices=TRACKERS)
+
+    def __post_init__(self) -> None:
+        # Refused as the settings are read, before any data is opened: a tracker whose package is missing.
+        check_installed(self.log_with)
 
     def optimizer(self) -> OptimizerSettings:
         """The settings of the optimizer of `task.model`."""
@@ -92,7 +99,10 @@ class TrainTask(Protocol):
 
     def evaluate(self, model: torch.nn.Module, loader: Iterable, accelerator: Accelerator) -> dict[str, float]: ...
 
-    def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path, accelerator: Accelerator) -> None: ...
+    def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path,
+                       accelerator: Accelerator) -> dict[str, Path] | None:
+        """Main process only, after each evaluation: write what the run shows of the model (pictures);
+        return the PNGs the trackers should show too, by name (None: none)."""
 
     def save_extras(self, model_dir: Path) -> None: ...
 

@@ -1,5 +1,6 @@
 """`fit`: the loop itself. The Accelerator, the optimizer steps with accumulation and clipping, the
-metrics and evaluations, the stops on non-finite numbers or a full disk, and the final `save_pretrained`.
+metrics (metrics.jsonl and the trackers of `train.log_with`) and evaluations, the stops on non-finite
+numbers or a full disk, and the final `save_pretrained`.
 
 Every network a task trains (its model, then its `networks`) goes through the same steps: one network
 is a list of one. Each has its AdamW, its schedule (a function of the global step) and, under fp16, a
@@ -34,6 +35,7 @@ from core.errors import VqgenError
 from core.loop import batches
 from core.loop.optim import WeightEMA, adamw, scaled_backward, scaled_step, unscale_and_clip, warmup_cosine
 from core.loop.task import Network, StepInfo, TrainConfig, TrainTask
+from core.loop.tracking import log_pictures, log_row, project_dir, tracking
 from core.runs import (
     MetricsLog,
     atomic_path,
@@ -64,7 +66,7 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     """Train `task.model` for `cfg.steps` optimizer steps; return the folder of the saved model."""
     check(cfg, "train.")  # a TrainConfig built in Python has not been through the config loader
     out_dir = Path(out_dir)
-    accelerator = _accelerator(cfg)
+    accelerator = _accelerator(cfg, out_dir)
     set_seed(cfg.seed)
     with _one_line_if_disk_full(out_dir, lambda: (checkpoint.folders(out_dir) or [None])[-1]):
         _check_run_folder(task, out_dir, resume, accelerator)
@@ -79,7 +81,8 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     val_loader = batches.val_loader(task, cfg, accelerator)
     run = _Run(task, _training_step(task), cfg, accelerator, nets, ema, out_dir, val_loader, parts, resumed_from)
     micro_batches = batches.endless(train_loader, accelerator, start=state.step * cfg.grad_accum)
-    with _one_line_if_disk_full(out_dir, lambda: run.checkpoint):
+    with (_one_line_if_disk_full(out_dir, lambda: run.checkpoint),
+          tracking(accelerator, task.run_config, out_dir, state.step)):
         _train(run, state, micro_batches)
         return _save_final(run)
 
@@ -129,12 +132,13 @@ def _prepare(declared: list[Network], cfg: TrainConfig, accelerator: Accelerator
     return nets, train_loader
 
 
-def _accelerator(cfg: TrainConfig) -> Accelerator:
+def _accelerator(cfg: TrainConfig, out_dir: Path) -> Accelerator:
     # Our micro-batches run on across epochs (`batches.endless`), so an epoch end must not force an update:
     # Accelerate's default sync_with_dataloader=True steps there on fewer micro-batches and restarts
     # its count, which puts every later update at the wrong micro-batch.
     accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum, sync_with_dataloader=False)
-    return Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision)
+    return Accelerator(gradient_accumulation_plugin=accumulation, mixed_precision=cfg.mixed_precision,
+                       log_with=cfg.log_with or None, project_dir=project_dir(out_dir))
 
 
 @dataclass
@@ -171,7 +175,7 @@ def _train(run: _Run, state: TrainState, micro_batches: Iterator[dict]) -> None:
                 record = _reduce(metrics, accelerator) | _learning_rates(run)
                 bar.set_postfix({k.removeprefix("train/"): f"{v:.4g}" for k, v in record.items() if k.startswith("train/")})
                 if accelerator.is_main_process:
-                    log.append({"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
+                    _write_row(run, log, {"step": state.step, "elapsed_s": round(time.time() - started, 2), **record})
             if state.step % cfg.eval_every == 0 or state.step == cfg.steps:
                 _evaluate(run, state.step, log)
             if state.step % cfg.save_every == 0 or state.step == cfg.steps:
@@ -300,12 +304,19 @@ def _evaluate(run: _Run, step: int, log: MetricsLog) -> None:
     with torch.no_grad():
         results = run.task.evaluate(model, run.val_loader, run.accelerator)
         if run.accelerator.is_main_process:
-            run.task.after_evaluate(model, step, run.out_dir, run.accelerator)
+            pictures = run.task.after_evaluate(model, step, run.out_dir, run.accelerator)
     _set_train_mode(run)
     if run.accelerator.is_main_process:
-        log.append({"step": step, **{k: float(v) for k, v in results.items()}})
+        _write_row(run, log, {"step": step, **{k: float(v) for k, v in results.items()}})
+        log_pictures(run.accelerator, pictures or {}, step)
         logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
     run.accelerator.wait_for_everyone()
+
+
+def _write_row(run: _Run, log: MetricsLog, row: dict) -> None:
+    """A row of metrics.jsonl, and the same numbers to the trackers (main process only)."""
+    log.append(row)
+    log_row(run.accelerator, row)
 
 
 def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator: Accelerator) -> None:

@@ -1,7 +1,7 @@
 """Trains the tiny task into OUT, like a vqgen command: a VqgenError is one line on stderr and exit code 1.
 
 Run by the tests under 1 and 2 processes, under bf16, and under a file-size limit; with --critic-start, the
-task trains a critic beside the model from that step on.
+task trains a critic beside the model from that step on; --log-with names trackers (train.log_with).
 """
 
 import argparse
@@ -54,9 +54,10 @@ if __name__ == "__main__":
     parser.add_argument("--dim", type=int, default=4)
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--critic-start", type=int, default=-1)
+    parser.add_argument("--log-with", nargs="*", default=[])
     args = parser.parse_args()
     try:
-        cfg = dataclasses.replace(CFG, mixed_precision=args.precision, steps=args.steps)
+        cfg = dataclasses.replace(CFG, mixed_precision=args.precision, steps=args.steps, log_with=args.log_with)
         task = (ScriptAdversarialTask(args.critic_start) if args.critic_start >= 0
                 else ScriptTask(args.sigkill_at_call, args.dim, args.dropout))
         fit(task, cfg, args.out, resume=args.resume)

@@ -21,6 +21,7 @@ from run_tiny_fit import CFG as CFG_TINY_FIT  # noqa: E402
 from run_tiny_fit import ScriptTask  # noqa: E402
 from tiny_task import CFG, CRITIC_OPTIMIZER, AdversarialTask, Critic, TinyModel, TinyTask  # noqa: E402
 from tiny_task import saved_weights as _weights  # noqa: E402
+from tracker_events import assert_scalars_match_metrics_jsonl  # noqa: E402
 
 
 def _train_losses(run: Path) -> list[tuple[int, float, float]]:
@@ -218,11 +219,15 @@ def test_two_processes_match_one(tmp_path, cpu_launch):
     script = Path(__file__).parent / "run_tiny_fit.py"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], env=env, timeout=180)
-    two = subprocess.run([*cpu_launch(2), str(script), str(tmp_path / "two")], env=env, timeout=180)
+    two = subprocess.run([*cpu_launch(2), str(script), str(tmp_path / "two"), "--log-with", "tensorboard"], env=env,
+                         timeout=180)
     assert one.returncode == 0 and two.returncode == 0
     losses_one = [loss for _, loss, _ in _train_losses(tmp_path / "one")]
     losses_two = [loss for _, loss, _ in _train_losses(tmp_path / "two")]
     assert losses_one == pytest.approx(losses_two, rel=1e-5)
+    # The main process alone writes the trackers, the same numbers as metrics.jsonl.
+    assert len(list((tmp_path / "two" / "trackers" / "vqgen").glob("events.*"))) == 1
+    assert_scalars_match_metrics_jsonl(tmp_path / "two")
     for name, tensor in _weights(tmp_path / "one" / "model").items():
         torch.testing.assert_close(tensor, _weights(tmp_path / "two" / "model")[name], rtol=1e-5, atol=1e-6)
 
