@@ -5,7 +5,7 @@ FMNIST  ?= $(or $(FMNIST_DIR),/usr/share/datasets/fashion-mnist)
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 PYTEST_ARGS ?=
 
-.PHONY: venv data test demo bench lint clean
+.PHONY: venv data chromium test demo bench docs lint clean
 
 venv: $(VENV_OK)
 
@@ -13,7 +13,7 @@ venv: $(VENV_OK)
 $(VENV_OK): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,serve]'
 	@$(PY) -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
 	  || { echo "ERROR: torchvision does not import over this torch build; see constraints.txt" >&2; exit 1; }
 	touch $@
@@ -27,7 +27,16 @@ data:
 	  && echo "Fashion-MNIST installed in $(FMNIST)"; \
 	else echo "WARNING: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist'" >&2; fi
 
-test: venv data
+# Debian's headless chromium, for the web demo's browser test and screenshot (installed when we are root).
+chromium:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+	  && echo "chromium installed: $$(command -v chromium)"; \
+	else echo "WARNING: chromium missing, so the web demo's browser test is skipped; run 'sudo apt-get install chromium'" >&2; fi
+
+test: venv data chromium
 	$(OFFLINE) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: venv data
@@ -35,6 +44,10 @@ demo: venv data
 
 bench: venv data
 	$(OFFLINE) $(PY) -m bench.run_all
+
+# The README's screenshot of `vqgen serve` on the demo run (make demo first).
+docs: venv chromium
+	$(OFFLINE) $(PY) -m bench.serve --screenshot docs/serve.png
 
 lint: venv
 	.venv/bin/ruff check .

@@ -4,6 +4,7 @@ import struct
 import zlib
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image
@@ -274,7 +275,9 @@ GREY_ALPHA = (np.array([[255, 100], [0.2 * 100 + 0.8 * 255, 0]]) / 255)[..., Non
         ("a.png", _grey_alpha, GREY_ALPHA),
         ("a.png", _transparent_red, np.array([[[1, 1, 1], [1, 0, 0]], [[1, 1, 1], [1, 1, 1]]])),
         ("a.tif", _cmyk, np.broadcast_to([0, 1, 1], (2, 2, 3))),
-        ("a.tif", _ycbcr, np.full((2, 2, 3), 100 / 255)),
+        pytest.param("a.tif", _ycbcr, np.full((2, 2, 3), 100 / 255), marks=pytest.mark.skipif(
+            int(PIL.__version__.split(".")[0]) < 13, reason="Pillow < 13 reads no uncompressed YCbCr TIFF (gradio, in "
+            "the serve extra, pins pillow < 13)")),
     ],
 )
 def test_each_image_mode_loads_its_true_pixels(tmp_path, name, writer, expected):

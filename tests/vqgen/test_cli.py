@@ -269,8 +269,8 @@ def test_each_command_reads_its_part_of_the_pipeline_yaml(path):
         assert command_config(command, path) == part, command
     for command in ("dump-codes", "reconstruct", "fid-ref"):
         assert command_config(command, path).data == pipeline.data, command
-    # fid's --data.* describe a --ref spec (see its --help); export has no settings.
-    assert set(SETTINGS) == set(COMMANDS) - {"fid", "export"}
+    # fid's --data.* describe a --ref spec (see its --help); export and serve have no settings.
+    assert set(SETTINGS) == set(COMMANDS) - {"fid", "export", "serve"}
 
 
 def defaults(cfg, prefix=""):
