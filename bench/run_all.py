@@ -9,7 +9,9 @@ import subprocess
 import sys
 
 # The demo prior's time and bits/token come from "demo" (its prior stage), not a bench of their own.
-BENCHES = ("quantizer", "quantizers", "tokenizer", "dump_memory", "prior_throughput", "sampling", "inception", "demo")
+# serve comes after demo: it serves the demo run.
+BENCHES = ("quantizer", "quantizers", "tokenizer", "dump_memory", "prior_throughput", "sampling", "inception", "demo",
+           "serve")
 ALLOCATOR = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "17179869184"}
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT = Path(__file__).parent / "results" / "serve.json"
-DEMO_RUN = Path(__file__).parents[1] / "runs" / "demo"
+# `make demo`'s run, else the one bench/demo.py trains (`make bench` runs it just before this one).
+DEMO_RUNS = tuple(Path(__file__).parents[1] / "runs" / name for name in ("demo", "bench-demo"))
 COUNT = 16
 WINDOW = (1280, 900)
 # The grid's picture once loaded: its natural size, or null while the element holds none.
@@ -189,12 +190,13 @@ def screenshot(run: Path, path: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=DEMO_RUN, help="the generator to serve (default: runs/demo)")
+    parser.add_argument("--run", type=Path, help="the generator to serve (default: runs/demo, else runs/bench-demo)")
     parser.add_argument("--repeats", type=int, default=5, help="fresh servers timed")
     parser.add_argument("--screenshot", type=Path, metavar="PNG", help="save a screenshot of the page instead")
     args = parser.parse_args()
-    if not (args.run / "stages").is_dir():
-        sys.exit(f"bench.serve: {args.run} is not a pipeline run; run `make demo` first")
+    args.run = args.run or next((run for run in DEMO_RUNS if (run / "stages" / "prior.json").is_file()), None)
+    if args.run is None:
+        sys.exit("bench.serve: no finished demo run (runs/demo or runs/bench-demo); run `make demo` first")
     if args.screenshot:
         if shutil.which("chromium") is None:
             sys.exit("bench.serve: no chromium; apt-get install chromium (or `make chromium`)")
