@@ -17,7 +17,7 @@ from stage1_vqvae.load import load_tokenizer
 from stage2_prior.load import load_prior
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_generator import GRID, K, save_prior, save_tokenizer  # noqa: E402
+from tiny_generator import GRID, K, save_prior, save_tokenizer, tiny_run  # noqa: E402
 
 ARCHS = ("gpt", "pixelcnn", "maskgit")
 
@@ -246,3 +246,16 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path, folders, capsys):
     assert run_complete(folders, tmp_path / "c", "--keep-rows", "1", "--n", "1") == 0
     assert run_complete(folders, tmp_path / "c", "--keep-rows", "2", "--n", "1") == 2
     assert "holds samples made with other settings (keep_rows)" in one_error_line(capsys)
+
+
+def test_complete_takes_a_pipeline_run(tmp_path, folders, capsys):
+    from vqgen.cli import main
+
+    run = tiny_run(tmp_path / "run", arch="maskgit")
+    image = ["--image", str(folders[2][0]), "--keep-rows", "1", "--n", "2"]
+    assert main(["complete", "--run", str(run), *image, "--out", str(tmp_path / "c")]) == 0
+    with np.load(tmp_path / "c" / "codes.npz") as saved:
+        assert saved["codes"].shape == (1, 2, GRID, GRID)
+    assert main(["complete", "--run", str(run), "--prior", str(folders[0]["gpt"]), *image,
+                 "--out", str(tmp_path / "d")]) == 2
+    assert "--run and --prior both name a generator" in one_error_line(capsys)
