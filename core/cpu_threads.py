@@ -1,23 +1,37 @@
-"""OpenMP's wait policy for CPU runs, set before torch loads its OpenMP runtime.
+"""CPU threads that share the machine: OpenMP's wait policy, set before torch loads, and a thread
+count that follows the other processes' load while a run trains.
 
 By default libgomp spins a waiting thread for about 300,000 iterations before it sleeps. On an idle
 machine that saves a wake-up per parallel region; beside another busy process it burns the time
 slice the other process's threads need: two 2-thread runs on 2 cores slowed to 0.05-0.2x of one
-(bench/busy_machine.py, BENCHMARKS.md "CPU runs on a busy machine"). A passive policy lets a waiting
-thread yield at once: each twin keeps about half its idle speed, for about 16 % off the idle speed
-(GOMP_SPINCOUNT=1000 kept 10 % more idle speed but fell short beside a busy loop). libgomp reads these variables only when it is loaded, so they must be in the environment
-before the first `import torch`; `vqgen.cli.main` calls this first thing.
+(bench/busy_machine.py, BENCHMARKS.md "CPU runs on a busy machine"). Two things fix it without
+slowing an idle machine down:
+- `LoadFollower` lowers torch's thread count while other processes keep cores busy (a run with one
+  thread per free core never waits for a descheduled thread) and raises it again when they stop;
+- a short spin (GOMP_SPINCOUNT, set below) covers the code that does not follow the load
+  (sampling, evaluation): a waiting thread yields after a few microseconds, where a passive
+  policy (yield at once) cost 16 % of the idle speed.
+libgomp reads its variables only when it is loaded, so they must be in the environment before the
+first `import torch`; `vqgen.cli.main` calls `configure_cpu_threads` first thing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from collections.abc import MutableMapping
+
+import psutil
 
 # The user's own choice of any of these wins: we set nothing when one is present.
 USER_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+POLICY = {"GOMP_SPINCOUNT": "10000"}
+# A thread count of the user's own is never changed.
+USER_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+logger = logging.getLogger(__name__)
 
 
 def configure_cpu_threads(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
@@ -30,3 +44,63 @@ def configure_cpu_threads(environ: MutableMapping[str, str] = os.environ) -> dic
         return {}
     environ.update(POLICY)
     return dict(POLICY)
+
+
+class LoadFollower:
+    """Keeps torch's thread count at the cores other processes leave free, between 1 and the count
+    it started with. Call `follow()` from the thread that runs the model (OpenMP's thread count
+    belongs to the calling thread) as often as you like: it looks at the load every `every_s`.
+
+    Other processes' load is the machine's busy CPU time minus this process's own and its
+    children's (data-loader workers), over the last interval, in cores.
+    """
+
+    def __init__(self, device_type: str = "cpu", every_s: float = 1.0, environ: MutableMapping[str, str] = os.environ):
+        import torch  # not at the top: configure_cpu_threads must run before torch loads
+
+        self.torch = torch
+        self.most = torch.get_num_threads()
+        self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        # A GPU run's CPU threads only feed the GPU: nothing to share.
+        self.enabled = device_type == "cpu" and self.most > 1 and not any(knob in environ for knob in USER_THREADS)
+        self.every_s = every_s
+        self.me = psutil.Process()
+        self.last = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        """(wall time, the machine's busy CPU seconds, this process tree's CPU seconds)."""
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        own = 0.0
+        for process in (self.me, *self.me.children(recursive=True)):
+            try:
+                times = process.cpu_times()
+            except psutil.Error:  # a worker that exited between the listing and the read
+                continue
+            own += times.user + times.system
+        return time.monotonic(), busy, own
+
+    def others_load(self) -> float | None:
+        """Cores kept busy by other processes since the last look; None before `every_s` passed."""
+        now = self._sample()
+        wall = now[0] - self.last[0]
+        if wall < self.every_s:
+            return None
+        others = ((now[1] - self.last[1]) - (now[2] - self.last[2])) / wall
+        self.last = now
+        return max(others, 0.0)
+
+    def threads_for(self, others: float) -> int:
+        """One thread per core the others leave free; a core more than half busy is taken."""
+        return max(1, min(self.most, self.cores - int(others + 0.5)))
+
+    def follow(self) -> None:
+        if not self.enabled:
+            return
+        others = self.others_load()
+        if others is None:
+            return
+        threads = self.threads_for(others)
+        if threads != self.torch.get_num_threads():
+            logger.debug("other processes keep %.1f cores busy: %d threads", others, threads)
+            self.torch.set_num_threads(threads)

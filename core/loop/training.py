@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from core import checkpoint
 from core.config import check
+from core.cpu_threads import LoadFollower
 from core.errors import VqgenError
 from core.loop import batches
 from core.loop.optim import WeightEMA, adamw, scaled_backward, scaled_step, unscale_and_clip, warmup_cosine
@@ -164,7 +165,9 @@ def _train(run: _Run, state: TrainState, micro_batches: Iterator[dict]) -> None:
     with tqdm(total=cfg.steps, initial=state.step, disable=not accelerator.is_main_process, dynamic_ncols=True) as bar:
         started = time.time()
         _set_train_mode(run)
+        threads = LoadFollower(accelerator.device.type)
         while state.step < cfg.steps:
+            threads.follow()
             metrics = _optimizer_step(run, state.step, micro_batches)
             _step_schedules(run, metrics)
             state.step += 1
