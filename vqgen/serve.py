@@ -72,6 +72,7 @@ class LoadedGenerator:
 
     prior: LoadedPrior
     tokenizer: VQVAE
+    where: str  # what the user named it by (--run), for the page
     source: str  # the prior's folder, for messages
     class_names: list[str]  # by class id; empty for an unconditional prior
     test_images: ImageDataset | None  # the run's test split, for the completion tab (None: uploads only)
@@ -91,7 +92,7 @@ def load_generator(where: str | Path) -> LoadedGenerator:
     prior.model.to(device)
     tokenizer.to(device)
     data = _training_data(paths.tokenizer)
-    return LoadedGenerator(prior, tokenizer, str(paths.prior), class_names(data, prior.meta.num_classes),
+    return LoadedGenerator(prior, tokenizer, paths.source, str(paths.prior), class_names(data, prior.meta.num_classes),
                      _test_split(data), pad=data is None or data.resize != "resize")
 
 
@@ -266,7 +267,7 @@ def describe(gen: LoadedGenerator) -> str:
     """One line on the generator, for the top of the page."""
     meta, size = gen.prior.meta, gen.tokenizer.config.image_size
     classes = f"{meta.num_classes} classes" if meta.num_classes else "unconditional"
-    return (f"`{gen.source}`: a {meta.arch} prior ({classes}) drawing {meta.grid_h}x{meta.grid_w} grids of "
+    return (f"`{gen.where}`: a {meta.arch} prior ({classes}) drawing {meta.grid_h}x{meta.grid_w} grids of "
             f"{meta.codebook_size} codes, decoded to {size}x{size} images")
 
 
