@@ -33,12 +33,12 @@ from torch import Tensor
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid
 
-from core.data import BAD_IMAGE, DataConfig, ImageDataset, load_images, to_model_range
-from core.data.images import read_pixels
+from core.data import DataConfig, ImageDataset, load_images
 from core.distributed import process_state
 from core.errors import VqgenError
 from core.pixels import to_uint8
 from sampling.complete import complete_images, keep_rows
+from sampling.completion_folder import pads, read_image
 from sampling.decode import check_pair, grid_spec
 from sampling.generate import UNCOND, SampleConfig, check_config, generate, plan_labels
 from sampling.guidance import CFG_SCHEDULES
@@ -76,7 +76,7 @@ class LoadedGenerator:
     source: str  # the prior's folder, for messages
     class_names: list[str]  # by class id; empty for an unconditional prior
     test_images: ImageDataset | None  # the run's test split, for the completion tab (None: uploads only)
-    pad: bool  # uploads smaller than the tokenizer's images are padded, as its data was (else crop and resize)
+    pad: bool  # uploads are padded to the tokenizer's size, as its data was (else cropped and resized)
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +93,7 @@ def load_generator(where: str | Path) -> LoadedGenerator:
     tokenizer.to(device)
     data = _training_data(paths.tokenizer)
     return LoadedGenerator(prior, tokenizer, paths.source, str(paths.prior), class_names(data, prior.meta.num_classes),
-                     _test_split(data), pad=data is None or data.resize != "resize")
+                     _test_split(data), pads(paths.tokenizer))
 
 
 def _training_data(tokenizer: Path) -> DataConfig | None:
@@ -159,17 +159,6 @@ def pick_test_image(gen: LoadedGenerator, index: float) -> tuple[Tensor, int]:
         raise VqgenError(f"test image {index}: the test split has images 0 to {len(gen.test_images) - 1}")
     item = gen.test_images[int(index)]
     return item["image"], int(item["label"])
-
-
-def uploaded_image(gen: LoadedGenerator, path: str | Path) -> Tensor:
-    """An uploaded image file -> (C, H, W) in [-1, 1] at the tokenizer's size and channels."""
-    config = gen.tokenizer.config
-    try:
-        pixels = read_pixels(path, config.in_channels)
-    except BAD_IMAGE as err:
-        raise VqgenError(f"{Path(path).name}: cannot read this image ({type(err).__name__}: {err}); upload a PNG "
-                         "or JPEG file") from None
-    return to_model_range(pixels, config.image_size, config.in_channels, gen.pad)
 
 
 def complete_image(gen: LoadedGenerator, image: Tensor, rows: float, cfg: SampleConfig,
@@ -256,7 +245,9 @@ def _complete_tab(gr: Any, gen: LoadedGenerator) -> None:
                                   interactive=False))
 
     def handler(index: float, upload: str | None, rows: float, class_id: float, *values):
-        image, label = (uploaded_image(gen, upload), UNCOND) if upload else pick_test_image(gen, index)
+        # An upload is read as `vqgen complete --image` reads one.
+        image, label = (read_image(Path(upload), gen.tokenizer, gen.pad), UNCOND) if upload \
+            else pick_test_image(gen, index)
         return complete_image(gen, image, rows, sample_config(*values),
                               label if int(class_id) == OWN_CLASS else int(class_id))
 

@@ -129,7 +129,7 @@ def test_completion_of_an_upload_and_its_refusal(served, tmp_path):
     assert original.shape == kept.shape == (IMAGE, IMAGE, 3) and completions.shape == (*grid_size(2)[::-1], 3)
     assert (kept[:2] == original[:2]).all() and (kept[2:] == 128).all()  # the first row of codes kept, the rest blank
     (tmp_path / "notes.png").write_text("not an image")
-    with pytest.raises(gradio_client.exceptions.AppError, match="notes.png: cannot read this image") as err:
+    with pytest.raises(gradio_client.exceptions.AppError, match="notes.png: cannot read it as an image") as err:
         complete(client, upload=gradio_client.handle_file(tmp_path / "notes.png"))
     assert "\n" not in str(err.value)
 
