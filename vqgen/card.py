@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from core.data import DataConfig
 from core.markdown import table
 from eval.report import protocol_lines, with_floor
+from sampling.decode import FREE_SETTINGS
 from stage1_vqvae.model import VQVAEConfig
 from stage2_prior.load import PriorMeta
 from stage2_prior.registry import prior_kind
@@ -29,6 +30,9 @@ HUB_DATASETS = {"fashion-mnist": ("zalando-datasets/fashion_mnist", "Fashion-MNI
 INCEPTION_METRICS = [("fid", "fid", "FID"), ("sfid", "sfid", "sFID"), ("kid_mean", "kid", "KID"),
                      ("precision", "precision", "precision"), ("recall", "recall", "recall")]
 DIGITS = ".4g"  # significant digits of a value in the YAML metadata
+ARCH_NAMES = {"gpt": "GPT", "pixelcnn": "PixelCNN", "maskgit": "MaskGIT"}
+# What sample_config.json holds besides how the samples were drawn.
+NOT_SAMPLING = (*FREE_SETTINGS, "prior_sha256", "tokenizer_sha256")
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class CardFacts:
     parameters: dict[str, int]  # "tokenizer" / "prior" -> number of weights
     plain_transformers: bool  # the prior is a stock transformers causal LM
     metrics: dict[str, Any]  # the run's metrics.json ({} before its evaluation)
+    sampling: dict[str, Any]  # the run's samples/sample_config.json: how the scored samples were drawn
     grid: str | None  # the sample grid's file name in the bundle
 
 
@@ -130,7 +135,7 @@ def _intro(facts: CardFacts) -> list[str]:
             f"A two-stage image generator trained with [vqgen](https://pypi.org/project/vqgen/) on {pretty}: a VQ-VAE "
             f"tokenizer ({facts.parameters['tokenizer']:,} weights) turns {tok.image_size}x{tok.image_size} images with "
             f"{tok.in_channels} channel(s) into {meta.grid_h}x{meta.grid_w} grids of K = {meta.codebook_size} codes, "
-            f"and a {meta.arch} prior ({facts.parameters['prior']:,} weights) draws such grids, with {classes}.", ""]
+            f"and a {ARCH_NAMES.get(meta.arch, meta.arch)} prior ({facts.parameters['prior']:,} weights) draws such grids, with {classes}.", ""]
 
 
 def _use(facts: CardFacts) -> list[str]:
@@ -165,12 +170,15 @@ def _evaluation(facts: CardFacts) -> list[str]:
         return ["## Evaluation", "", "Not measured: the run was exported before its evaluation stages finished.", ""]
     fid = stages["fid"]
     # Local paths of the machine that ran the evaluation mean nothing to a reader of the card.
-    shown = {**fid, "samples": "samples/images", "weights_path": Path(str(fid.get("weights_path"))).name}
+    shown = {**fid, "samples": "samples/images of the exported run",
+             "weights_path": Path(str(fid.get("weights_path"))).name}
+    drawn = ", ".join(f"{k} = {v}" for k, v in facts.sampling.items() if v is not None and k not in NOT_SAMPLING)
     data = facts.data
     lines = ["## Evaluation", "",
              f"Measured by `vqgen pipeline` on data `{data.spec}` at {data.image_size} px. The val split is the "
              f"deterministic {data.val_fraction:.0%} of the train split vqgen holds out (data.val_fraction = "
              f"{data.val_fraction}, data.split_seed = {data.split_seed}).", "",
+             *([f"The scored samples were drawn with {drawn}.", ""] if drawn else []),
              "### Samples, Inception network", "",
              *table([(label, with_floor(fid, key, ".4g")) for key, _, label in INCEPTION_METRICS]),
              *protocol_lines(shown), ""]

@@ -66,12 +66,13 @@ def describe(run: Path, paths: GeneratorPaths, name: str) -> CardFacts:
     load or do not belong together is refused before anything is written) and its metrics.json read."""
     prior, tokenizer = load_prior(paths.prior), load_tokenizer(paths.tokenizer)
     check_pair(prior, paths.prior, tokenizer)
-    metrics = read_json(run / "metrics.json", "run metrics") if (run / "metrics.json").is_file() else {}
+    metrics, sampling = (read_json(path, what) if path.is_file() else {} for path, what in
+                         ((run / "metrics.json", "run metrics"), (run / "samples" / "sample_config.json", "sample settings")))
     return CardFacts(
         name=name, prior=prior.meta, tokenizer=tokenizer.config, data=training_data(paths.tokenizer),
         parameters={"tokenizer": tokenizer.num_parameters(), "prior": prior.model.num_parameters()},
         plain_transformers=prior.model.config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        metrics=metrics, grid=GRID_FILE if (run / "samples" / "grid.png").is_file() else None,
+        metrics=metrics, sampling=sampling, grid=GRID_FILE if (run / "samples" / "grid.png").is_file() else None,
     )
 
 

@@ -123,7 +123,8 @@ def test_the_card_has_hub_metadata_metrics_with_their_protocol_and_usage(bundle)
     assert metrics["bits-per-token", "val"]["value"] == 3.25
     text = (bundle / "README.md").read_text()
     for words in ("![samples](samples.png)", 'AutoModelForCausalLM.from_pretrained("tiny-bundle/prior")',
-                  "vqgen sample --run tiny-bundle", "hf upload OWNER/NAME tiny-bundle", "41.5 (real data at N = 1,000: 5)"):
+                  "vqgen sample --run tiny-bundle", "hf upload OWNER/NAME tiny-bundle", "41.5 (real data at N = 1,000: 5)",
+                  "drawn with cfg_scale = 1.0, ", "top_k = 5"):
         assert words in text, words
     assert "/home/someone" not in text  # the evaluating machine's paths stay out of a public card
 
