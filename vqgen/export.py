@@ -12,6 +12,7 @@ checks every sha256 before a bundle is used.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ def export_run(run: str | Path, out: str | Path) -> Path:
     facts = describe(run, paths, out.name)
     with claim_output(out, "bundle"), disk_full_is_user_error(out, REPLACED_WHOLE), \
             atomic_path(out, is_dir=True) as tmp:
-        files = {f"{model}/{name}": _copy(folder / name, tmp / model / name)
+        files = {f"{model}/{name}": _copy_public(folder / name, tmp / model / name)
                  for model, folder in (("tokenizer", paths.tokenizer), ("prior", paths.prior))
                  for name in KEPT[model] if (folder / name).is_file()}
         if facts.grid:
@@ -66,20 +67,44 @@ def describe(run: Path, paths: GeneratorPaths, name: str) -> CardFacts:
     load or do not belong together is refused before anything is written) and its metrics.json read."""
     prior, tokenizer = load_prior(paths.prior), load_tokenizer(paths.tokenizer)
     check_pair(prior, paths.prior, tokenizer)
+    data = training_data(paths.tokenizer)
     metrics, sampling = (read_json(path, what) if path.is_file() else {} for path, what in
                          ((run / "metrics.json", "run metrics"), (run / "samples" / "sample_config.json", "sample settings")))
     return CardFacts(
-        name=name, prior=prior.meta, tokenizer=tokenizer.config, data=training_data(paths.tokenizer),
+        name=name, prior=prior.meta, tokenizer=tokenizer.config,
+        data=dataclasses.replace(data, spec=public_spec(data.spec)),
         parameters={"tokenizer": tokenizer.num_parameters(), "prior": prior.model.num_parameters()},
         plain_transformers=prior.model.config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         metrics=metrics, sampling=sampling, grid=GRID_FILE if (run / "samples" / "grid.png").is_file() else None,
     )
 
 
-def _copy(source: Path, target: Path) -> str:
-    """Copy one model file; its sha256, taken from the copy."""
+def public_spec(spec: str) -> str:
+    """A data spec as a bundle shows it: a local path keeps only its last part (where the data lies on
+    the exporting machine is nobody else's business and means nothing elsewhere); others unchanged."""
+    kind, colon, where = spec.partition(":")
+    local = where.startswith(("/", ".", "~")) or Path(where).expanduser().exists()
+    return f"{kind}:{Path(where).name}" if colon and where and local else spec
+
+
+def _public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """Our JSON records with the exporting machine's paths taken out: the tokenizer the codes were made
+    with is the bundle's own (its sha256 stays), data specs lose their local folders."""
+    record = {key: _public_record(value) if isinstance(value, dict) else value for key, value in record.items()}
+    if isinstance(record.get("spec"), str):
+        record["spec"] = public_spec(record["spec"])
+    if "tokenizer_path" in record:
+        record["tokenizer_path"] = "tokenizer"
+    return record
+
+
+def _copy_public(source: Path, target: Path) -> str:
+    """Copy one model file (our own JSON records through `_public_record`); its sha256, taken from the copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
+    if source.name in (META_FILE, TRAINING_FILE):
+        write_json(target, _public_record(read_json(source, "model record")))
+    else:
+        shutil.copyfile(source, target)
     return sha256_file(target)
 
 

@@ -199,3 +199,22 @@ def test_the_gpt_prior_in_the_bundle_loads_with_plain_transformers(bundle):
         assert torch.equal(plain(input_ids=ids).logits, load_prior(bundle / "prior").model(input_ids=ids).logits)
         codes = plain.generate(ids[:, :1], max_new_tokens=GRID * GRID, do_sample=True)[:, 1:]
     assert codes.shape == (2, GRID * GRID) and bool((codes < K).all()), "plain generate() must only emit codes"
+
+
+def test_the_bundle_keeps_no_path_of_the_exporting_machine(tmp_path):
+    run = finished_run(tmp_path / "run")
+    private = tmp_path / "alice" / "private-photos"
+    record = run / "tokenizer" / "model" / "vqgen_tokenizer.json"
+    tokenizer_record = json.loads(record.read_text())
+    tokenizer_record["data"]["spec"] = f"folder:{private}"
+    record.write_text(json.dumps(tokenizer_record))
+    meta = run / "prior" / "model" / "vqgen_prior.json"
+    prior_record = json.loads(meta.read_text())
+    prior_record["codes_meta"] = {"tokenizer_path": str(run / "tokenizer" / "model"), "data": {"spec": f"folder:{private}"}}
+    meta.write_text(json.dumps(prior_record))
+    bundle = export_run(run, tmp_path / "bundle")
+    text = "".join(p.read_text() for p in bundle.rglob("*") if p.suffix in (".json", ".md"))
+    assert str(tmp_path) not in text
+    assert json.loads((bundle / "tokenizer" / "vqgen_tokenizer.json").read_text())["data"]["spec"] == "folder:private-photos"
+    assert json.loads((bundle / "prior" / "vqgen_prior.json").read_text())["codes_meta"]["tokenizer_path"] == "tokenizer"
+    assert locate_generator(bundle).prior == bundle / "prior"  # the checksums are the rewritten files'
