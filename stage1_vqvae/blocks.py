@@ -121,3 +121,34 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.up(self.mid(self.conv_in(z)))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class TopLevel(nn.Module):
+    """The top of VQ-VAE-2 (Razavi et al. 2019, Fig. 2a), around the top quantizer: as rosinality's
+    vq-vae-2-pytorch `VQVAE` (enc_t, dec_t, quantize_conv_b, upsample_t), over our blocks.
+
+        encode(bottom (B, D, h, w))         -> top features (B, D, h/f, w/f)       (enc_t)
+        condition(bottom, top_q)            -> the bottom quantizer's input (B, D, h, w)
+        upsample(top_q (B, D, h/f, w/f))    -> (B, D, h, w), the decoder's top half (upsample_t)
+
+    `width` is the channels of its convs, `factor` f = 2**n its extra downsampling.
+    """
+
+    def __init__(self, dim: int, width: int, factor: int, num_res: int, attention: bool):
+        super().__init__()
+        mult = (1,) * (factor.bit_length())  # n + 1 resolutions: n halvings
+        self.encoder = Encoder(dim, width, mult, num_res, attention, out_dim=dim)
+        self.decoder = Decoder(dim, width, mult, num_res, attention, in_dim=dim)
+        # The bottom features beside the decoded top, mixed down to D (rosinality's quantize_conv_b).
+        self.fuse = nn.Conv2d(2 * dim, dim, 1)
+        # A transposed conv, as the paper's: kernel 2f, stride f, padding f/2 gives exactly h = f * h_top.
+        self.up = nn.ConvTranspose2d(dim, dim, 2 * factor, stride=factor, padding=factor // 2)
+
+    def encode(self, bottom: torch.Tensor) -> torch.Tensor:
+        return self.encoder(bottom)
+
+    def condition(self, bottom: torch.Tensor, top_q: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([bottom, self.decoder(top_q)], dim=1))
+
+    def upsample(self, top_q: torch.Tensor) -> torch.Tensor:
+        return self.up(top_q)
