@@ -250,9 +250,14 @@ def _read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise VqgenError(f"{path}: config file not found; pass an existing YAML file (see configs/)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise VqgenError(f"{path}: not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    except UnicodeDecodeError as err:  # a binary file given as --config (a checkpoint, an image...)
+        raise VqgenError(f"{path}: not a YAML text file ({err.reason} at byte {err.start}); pass a YAML file "
+                         "(see configs/)") from None
+    except OSError as err:
+        raise VqgenError(f"{path}: cannot read it ({err.strerror}); pass a readable YAML file") from None
     if not isinstance(data, dict):
         raise VqgenError(f"{path}: the top level must be a mapping of settings, got {type(data).__name__}")
     return data

@@ -59,6 +59,15 @@ def test_bad_yaml_names_file_and_key(tmp_path, yaml_text, match):
     assert str(path) in str(err.value)
 
 
+def test_binary_file_as_yaml_is_one_line(tmp_path):
+    """A checkpoint or an image given as --config: named, not a UnicodeDecodeError traceback."""
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"\xff\xfe\x00binary\x00")
+    with pytest.raises(VqgenError, match="not a YAML text file") as err:
+        load_config(Outer, path)
+    assert str(path) in str(err.value)
+
+
 def test_missing_file_and_bad_flag():
     with pytest.raises(VqgenError, match="not found"):
         load_config(Outer, "/nonexistent.yaml")
