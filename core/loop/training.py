@@ -77,6 +77,7 @@ def fit(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool = F
     ema = WeightEMA(nets[0].state.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     parts = checkpoint.Parts([net.state for net in nets], state, ema=ema.model if ema else None)
     resumed_from = checkpoint.resume(accelerator, out_dir, parts) if resume else None
+    _save_run_config(task, out_dir, accelerator)  # only now: a refusal above leaves the folder as it was
     if state.step >= cfg.steps and (out_dir / "model").is_dir():
         return out_dir / "model"
     val_loader = batches.val_loader(task, cfg, accelerator)
@@ -336,9 +337,14 @@ def _check_run_folder(task: TrainTask, out_dir: Path, resume: bool, accelerator:
             )
     elif checkpoint.folders(out_dir) and not resume:
         raise VqgenError(f"{out_dir}: holds a run already; pass --resume to continue it or choose a new --out")
-    if accelerator.is_main_process:
-        write_json(saved_path, task.run_config)
-    accelerator.wait_for_everyone()
+
+
+def _save_run_config(task: TrainTask, out_dir: Path, accelerator: Accelerator) -> None:
+    """run_config.json, written once the data, the batch and the checkpoint to resume from are known to be good."""
+    with _one_line_if_disk_full(out_dir, lambda: (checkpoint.folders(out_dir) or [None])[-1]):
+        if accelerator.is_main_process:
+            write_json(out_dir / "run_config.json", task.run_config)
+        accelerator.wait_for_everyone()
 
 
 def _save_final(run: _Run) -> Path:

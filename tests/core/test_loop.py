@@ -178,6 +178,22 @@ def test_batch_not_divisible_is_a_clear_error(tmp_path):
         fit(TinyTask(), TrainConfig(**{**CFG.__dict__, "grad_accum": 3}), tmp_path)
 
 
+def test_a_refused_start_leaves_run_config_json_as_it_was(tmp_path):
+    """The batch and the checkpoint to resume from are checked before run_config.json is (re)written."""
+    with pytest.raises(VqgenError, match="batch_size"):
+        fit(TinyTask(), dataclasses.replace(CFG, grad_accum=3), tmp_path / "new")
+    assert not (tmp_path / "new" / "run_config.json").exists()
+    task = TinyTask()
+    task.run_config = {"train": {"steps": 4}}
+    fit(task, dataclasses.replace(CFG, steps=4), tmp_path / "run")
+    for folder in (tmp_path / "run" / "checkpoints").iterdir():
+        (folder / "model.safetensors").write_bytes(b"torn")
+    task.run_config = {"train": {"steps": 12}}
+    with pytest.raises(VqgenError, match="no checkpoint"):
+        fit(task, CFG, tmp_path / "run", resume=True)
+    assert json.loads((tmp_path / "run" / "run_config.json").read_text()) == {"train": {"steps": 4}}
+
+
 def test_weight_decay_only_on_matrices():
     decayed, plain = param_groups(TinyTask().model, 0.1)
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
