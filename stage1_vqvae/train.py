@@ -25,10 +25,15 @@ from core.errors import VqgenError
 from core.loop import Network, OptimizerSettings, StepInfo, TrainConfig, fit
 from core.runs import write_json
 from stage1_vqvae.discriminator import PatchDiscriminator, check_patch_grid
-from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, whole_rows
+from stage1_vqvae.evaluate import (
+    save_reconstruction_grid,
+    tokenizer_scores,
+    top_only_reconstruction,
+    whole_rows,
+)
 from stage1_vqvae.load import TRAINING_FILE
 from stage1_vqvae.losses import RECONSTRUCTION, AdversarialConfig, Adversary, LossConfig, VQGANLoss
-from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, merge_settings, moved_keys
+from stage1_vqvae.model import PRESETS, VQVAE, VQVAEConfig, level_key, merge_settings, moved_keys
 from stage1_vqvae.perceptual import build_perceptual, check_network, find_vgg16_weights
 
 logger = logging.getLogger(__name__)
@@ -76,12 +81,14 @@ def model_settings(cfg: TokenizerRunConfig) -> dict:
         if key in cfg.model:
             raise VqgenError(f"tokenizer config: model.{key} comes from the data; set data.image_size/data.channels")
     kwargs = merge_settings(PRESETS[cfg.preset], cfg.model)
-    # Builds the config to check every model setting now; its default 32 px suits every factor it allows.
-    factor = VQVAEConfig(**kwargs).downsample_factor
+    # Builds the config to check every model setting now, at the largest factor's size (which suits all).
+    factor = VQVAEConfig(**kwargs, image_size=2 ** 10).image_factor
     if cfg.data.image_size % factor:
+        fewer = "fewer model.channel_mult entries" + (", a smaller model.top_factor or model.levels=1"
+                                                       if kwargs.get("levels", 1) == 2 else "")
         raise VqgenError(
             f"tokenizer config: data.image_size={cfg.data.image_size} is not a multiple of the tokenizer's "
-            f"downsampling factor {factor}; use a multiple of {factor} or fewer model.channel_mult entries"
+            f"downsampling factor {factor}; use a multiple of {factor} or {fewer}"
         )
     return kwargs
 
@@ -137,7 +144,8 @@ class TokenizerTask:
         # The decoder's last layer, where VQGAN eq. 7 weighs the adversarial term (the same parameter
         # as in the prepared model, which may be wrapped).
         loss = self.loss.generator(images, output, info.step, self.model.decoder.conv_out.weight)
-        extra = {"usage": 100.0 * output.usage.detach(), "perplexity": output.perplexity.detach()}
+        extra = {level_key(level, name): value.detach() for level, q in output.levels.items()
+                 for name, value in (("usage", 100.0 * q.usage), ("perplexity", q.perplexity))}
         metrics = loss.log() | extra | {"loss": loss.loss}
         if self.loss.adversarial_at(info.step):
             judged = self.loss.discriminator(images, output.reconstruction, info.networks[DISCRIMINATOR])
@@ -153,12 +161,16 @@ class TokenizerTask:
 
     def after_evaluate(self, model: torch.nn.Module, step: int, out_dir: Path,
                        accelerator: Accelerator) -> dict[str, Path]:
-        """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction; also
-        shown by the trackers of train.log_with, as val/reconstruction."""
+        """OUT/recon_step_N.png: rows of 8 val images, each row followed by its reconstruction (two levels:
+        then by the reconstruction from the top codes alone, `top_only_reconstruction`); also shown by the
+        trackers of train.log_with, as val/reconstruction."""
         count = whole_rows(min(PREVIEW_IMAGES, len(self.val_set)), PREVIEW_COLS)
         images = torch.stack([self.val_set[i]["image"] for i in range(count)]).to(accelerator.device)
+        versions = [model(images).reconstruction]
+        if self.model.config.levels == 2:
+            versions.append(top_only_reconstruction(accelerator.unwrap_model(model), images))
         path = out_dir / f"recon_step_{step}.png"
-        save_reconstruction_grid(images * 0.5 + 0.5, model(images).reconstruction * 0.5 + 0.5, path, PREVIEW_COLS,
+        save_reconstruction_grid(images * 0.5 + 0.5, [v * 0.5 + 0.5 for v in versions], path, PREVIEW_COLS,
                                  layout="rows")
         return {"val/reconstruction": path}
 
