@@ -2,7 +2,7 @@
 
     path = train_prior(PriorRunConfig(codes="runs/demo/codes", preset="demo"), "runs/demo/prior")
 
-The grids are read memory-mapped through `stage1_vqvae.codes`, never loaded whole. The model, its
+The grids are read memory-mapped through `core.code_grids`, never loaded whole. The model, its
 loss and its val metrics come from the arch's registry entry (`stage2_prior.registry`): next-code
 NLL for the autoregressive priors (`stage2_prior.next_token`), masked-code NLL for MaskGIT
 (`stage2_prior.masking`). Every arch also logs `val/unigram_bits`, the entropy of the training
@@ -20,11 +20,11 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel
 
+from core.code_grids import load_codes, one_level, read_meta
 from core.config import setting
 from core.distributed import process_state
 from core.errors import VqgenError
 from core.loop import TrainConfig, fit
-from stage1_vqvae.codes import load_codes, read_meta
 from stage2_prior.load import PriorMeta, write_prior_meta
 from stage2_prior.registry import ARCHS, prior_kind
 from stage2_prior.vocab import PriorVocab
@@ -108,6 +108,8 @@ class PriorTask:
         self.cfg = cfg
         self.objective = prior_kind(cfg.arch).objective
         meta = read_meta(cfg.codes)
+        one_level(meta, cfg.codes, "this version's priors take one level (two-level priors are not in this "
+                  "version yet); dump codes with a one-level tokenizer (model.levels=1) to train a prior")
         self.codes_meta = dataclasses.asdict(meta)
         self.vocab = PriorVocab(meta.codebook_size, meta.num_classes)
         self.train_set = load_codes(cfg.codes, "train")

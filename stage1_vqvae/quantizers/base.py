@@ -24,7 +24,7 @@ from core.config import check, setting
 from core.errors import VqgenError
 from stage1_vqvae.quantizers.meters import CodeUsageMeters
 
-# Codes are stored as uint32 at most (stage1_vqvae.codes.code_dtype), and the priors' vocabulary
+# Codes are stored as uint32 at most (core.code_grids.code_dtype), and the priors' vocabulary
 # holds every code id that can be stored: code ids run up to 2**32 - 1.
 MAX_CODEBOOK_SIZE = 2**32
 SOURCE, PREFIX = "tokenizer config", "model.quantizer."  # how errors name a setting

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel
 
 import stage1_vqvae  # noqa: F401  (registers the Auto classes)
+from core.code_grids import code_dtype
 from core.data import DataConfig
 from core.errors import VqgenError
-from stage1_vqvae.codes import code_dtype
 from stage1_vqvae.load import load_tokenizer, training_data
 from stage1_vqvae.model import (
     LEGACY_QUANTIZER_KEYS,

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from core.code_grids import code_dtype, load_codes, read_meta
 from core.data import DataConfig, load_images
 from core.loop import TrainConfig
 from eval.recon import tokenizer_metrics
 from sampling.decode import sample
 from sampling.generate import SampleConfig
-from stage1_vqvae.codes import code_dtype, dump_codes, load_codes, read_meta
+from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.train import PriorRunConfig, train_prior
