@@ -149,6 +149,21 @@ def test_user_mistakes_are_one_line(tmp_path, capsys, argv, command, fragment):
     assert fragment.replace("{tmp}", str(tmp_path)) in one_error_line(capsys, command)
 
 
+def test_a_torn_arrow_file_of_codes_is_one_line(tmp_path, folder, capsys):
+    """A code-grid folder whose Arrow file was cut short (a copy interrupted): datasets' ArrowInvalid was a traceback."""
+    sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/, for tiny_generator
+    from tiny_generator import save_tokenizer
+
+    tokenizer = save_tokenizer(tmp_path / "tok", image_size=16)
+    dump = ["dump-codes", "--tokenizer", str(tokenizer), "--data", f"folder:{folder}", *TINY_DATA, "--splits", "train"]
+    assert main([*dump, "--out", str(tmp_path / "codes")]) == 0
+    arrow = next((tmp_path / "codes" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:200])
+    assert main(["train-prior", "--codes", str(tmp_path / "codes"), "--out", str(tmp_path / "p"), *TRAIN]) == 2
+    assert f"{tmp_path / 'codes' / 'train'}: cannot read the code grids" in one_error_line(capsys, "train-prior")
+    assert not (tmp_path / "p").exists()
+
+
 def test_skip_bad_flag_skips_an_unreadable_image(tmp_path, folder, capsys):
     data = tmp_path / "data"
     data.mkdir()
