@@ -16,6 +16,7 @@ import torch
 from accelerate import PartialState
 from tqdm import tqdm
 
+from core.code_grids import describe_levels
 from core.distributed import process_state
 from core.errors import VqgenError
 from core.runs import claim_output, disk_full_is_user_error, read_json, sha256_file, write_json
@@ -39,6 +40,12 @@ def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE) -> str:
     """Refuse a tokenizer the prior was not trained on; returns the tokenizer's sha256."""
     meta, config = prior.meta, tokenizer.config
     source = prior_folder(prior_dir) / "vqgen_prior.json"
+    if config.levels != 1:  # before config.codebook_size, which a two-level tokenizer refuses
+        raise VqgenError(
+            f"{source}: the prior draws one grid ({meta.grid_h}x{meta.grid_w}, K={meta.codebook_size}) but the "
+            f"tokenizer {tokenizer.name_or_path} has {config.levels} levels ({describe_levels(config.level_specs)}); "
+            "this version's priors take one level: pass the tokenizer the prior was trained with"
+        )
     ours = (meta.codebook_size, meta.grid_h, meta.grid_w)
     theirs = (config.codebook_size, config.grid_size, config.grid_size)
     if ours != theirs:

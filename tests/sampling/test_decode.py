@@ -12,7 +12,7 @@ import torch
 from core.errors import VqgenError
 from sampling.decode import sample
 from sampling.generate import SampleConfig
-from stage1_vqvae.model import VQVAE
+from stage1_vqvae.model import VQVAE, VQVAEConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -103,6 +103,18 @@ def test_mismatched_grid_is_refused(tmp_path, pair):
     other = save_tokenizer(tmp_path / "other", image_size=16)  # same K, an 8x8 grid instead of 4x4
     with pytest.raises(VqgenError, match="4x4 grid"):
         sample(pair[0], other, SampleConfig(n=1), tmp_path / "s")
+
+
+def test_a_two_level_tokenizer_is_refused_for_a_one_level_prior(tmp_path, pair):
+    config = VQVAEConfig(image_size=8, base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=K, levels=2)
+    VQVAE(config).save_pretrained(tmp_path / "two")  # a 2x2 top grid over the 4x4 bottom one
+    with pytest.raises(VqgenError) as err:
+        sample(pair[0], tmp_path / "two", SampleConfig(n=1), tmp_path / "s")
+    assert str(err.value) == (
+        f"{pair[0] / 'vqgen_prior.json'}: the prior draws one grid (4x4, K=16) but the tokenizer {tmp_path / 'two'} "
+        "has 2 levels (top 2x2 (K=16), bottom 4x4 (K=16)); this version's priors take one level: pass the tokenizer "
+        "the prior was trained with")
+    assert not (tmp_path / "s").exists()
 
 
 def test_per_class_rerun_ignores_n(tmp_path, pair):
