@@ -88,6 +88,7 @@ def reconstruct(
     if n < 1 or rfid_n < 0:
         raise VqgenError(f"reconstruct: need --n >= 1 and --rfid-n >= 0 (0: --n); got {n} and {rfid_n}")
     model = load_tokenizer(tokenizer)
+    model.config.refuse_two_levels(f"reconstruct: {tokenizer}")  # before the output folder is claimed
     with claim_output(out, "reconstruct"), disk_full_is_user_error(out, REPLACED_WHOLE), \
             atomic_path(out, is_dir=True) as tmp:
         save_side_by_side(model, data, tmp / "reconstructions.png", n)
