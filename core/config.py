@@ -195,6 +195,9 @@ def _file_layers(cls: type, path: str | Path, section: str | None, pipeline_keys
             node = node.get(key, {}) if isinstance(node, dict) else node
         if not isinstance(node, dict):
             raise VqgenError(f"{path}: '{section}' is a section; give it a mapping of settings")
+        if "data" in node:  # the pipeline refuses it; here the top-level data: would silently win over it
+            raise VqgenError(f"{path}: {section}.data: a pipeline YAML gives every stage its top-level data: section; "
+                             "move these settings there")
         layers.append(Layer(node, str(path), f"{section}."))
     if "data" in raw and "data" in {f.name for f in dataclasses.fields(cls)}:
         layers.append(Layer({"data": raw["data"]}, str(path)))

@@ -38,6 +38,16 @@ class Outer:
     flag: bool = False
 
 
+@dataclass
+class Data:
+    spec: str = "a"
+
+
+@dataclass
+class WithData:
+    data: Data = field(default_factory=Data)
+
+
 def test_defaults_then_yaml_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("inner:\n  steps: 20\n  lr: 1\nmodel:\n  width: 8\n")
@@ -56,6 +66,15 @@ def test_bad_yaml_names_file_and_key(tmp_path, yaml_text, match):
     path.write_text(yaml_text)
     with pytest.raises(VqgenError, match=match) as err:
         load_config(Outer, path)
+    assert str(path) in str(err.value)
+
+
+def test_a_sections_own_data_in_a_pipeline_yaml_is_refused(tmp_path):
+    """tokenizer.data beside data: was silently overridden by data: (the pipeline refuses it too)."""
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("data: {spec: x}\ninner: {data: {spec: y}}\n")
+    with pytest.raises(VqgenError, match="inner.data") as err:
+        load_config(WithData, path, section="inner", pipeline_keys=("data", "inner"))
     assert str(path) in str(err.value)
 
 
