@@ -87,6 +87,10 @@ def _check_models(cfg: PipelineConfig, facts: DataFacts) -> None:
     settings the prior's sampler takes (MaskGIT's steps within T, no KV cache; no steps for an AR prior)."""
     tokenizer = build_model_config(model_settings(cfg.tokenizer), cfg.data, facts.channels)
     check_loss_settings(cfg.tokenizer)  # LPIPS weights found, no Inception backbone, a patch left
+    if tokenizer.levels != 1:
+        raise VqgenError(f"tokenizer.model.levels={tokenizer.levels}: this version's priors, sampling and evaluation take "
+                         "one grid of codes, so the pipeline needs tokenizer.model.levels=1 (a two-level tokenizer "
+                         "trains on its own with `vqgen train-tokenizer --model.levels=2`)")
     spec = GridSpec(PriorVocab(tokenizer.codebook_size, facts.num_classes), tokenizer.grid_size, tokenizer.grid_size)
     with torch.device("meta"):
         build_prior(cfg.prior, spec.vocab, spec.grid_h, spec.grid_w)

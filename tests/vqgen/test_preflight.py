@@ -44,6 +44,7 @@ def test_a_good_config_passes(folder):
         (["--tokenizer.model={channel_mult: [1, 2, 2, 2, 2, 2]}"],
          "data.image_size=16 is not a multiple of the tokenizer's downsampling factor 32"),
         (["--tokenizer.model={codebook_size: 0}"], "codebook_size"),
+        (["--tokenizer.model={levels: 2}"], "tokenizer.model.levels=2: this version's priors"),
         (["--sample.cfg_scale=2", "--prior.label_dropout=0"], "sample.cfg_scale=2.0 needs the unconditional token"),
         (["--sample.classes=[-1, 0]", "--prior.label_dropout=0"], "sample.classes -1 needs the unconditional token"),
         (["--eval.rfid_n=0", "--eval.recon_n=1"], "eval.rfid_n=0 scores eval.recon_n=1 val image; rFID needs 2"),
