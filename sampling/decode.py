@@ -4,6 +4,7 @@ Resumable and distributed: sample i's label and random stream depend only on i (
 `sampling.generate`), so a rerun makes exactly the indices that are not yet on disk, and under
 `accelerate launch` the missing indices are split between processes (no duplicates, no gaps);
 the main process joins the results at the end. Layout of the output folder: `sampling.write`.
+A two-level prior's grids (top and bottom) are decoded together by the tokenizer's `decode_levels`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sampling.write import GRID_MAX, finished, join_codes, write_grid, write_ima
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.model import VQVAE
 from stage2_prior.load import LoadedPrior, load_prior, prior_folder
+from stage2_prior.vocab import Codes
 
 logger = logging.getLogger(__name__)
 
@@ -36,23 +38,26 @@ FREE_SETTINGS = ("batch_size", "kv_cache")  # kv_cache: every cache gives the sa
 DISK_FULL_INTACT = "the samples finished before are kept whole: free some space and run the same command to continue"
 
 
-def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE) -> str:
-    """Refuse a tokenizer the prior was not trained on; returns the tokenizer's sha256."""
+def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE, two_levels: bool = False) -> str:
+    """Refuse a tokenizer the prior was not trained on; returns the tokenizer's sha256. A two-level
+    prior is refused unless the caller draws two levels (`two_levels`: `sample` does, others not yet)."""
     meta, config = prior.meta, tokenizer.config
     source = prior_folder(prior_dir) / "vqgen_prior.json"
-    if config.levels != 1:  # before config.codebook_size, which a two-level tokenizer refuses
+    if len(meta.levels) > 1 and not two_levels:
         raise VqgenError(
-            f"{source}: the prior draws one grid ({meta.grid_h}x{meta.grid_w}, K={meta.codebook_size}) but the "
-            f"tokenizer {tokenizer.name_or_path} has {config.levels} levels ({describe_levels(config.level_specs)}); "
-            "this version's priors take one level: pass the tokenizer the prior was trained with"
+            f"{source}: a two-level prior ({describe_levels(meta.levels)}); this command takes one-level priors "
+            "in this version (completing, serving and exporting two levels come later): use `vqgen sample`"
         )
-    ours = (meta.codebook_size, meta.grid_h, meta.grid_w)
-    theirs = (config.codebook_size, config.grid_size, config.grid_size)
-    if ours != theirs:
-        raise VqgenError(
-            f"{source}: the prior samples K={ours[0]} codes on a {ours[1]}x{ours[2]} grid but the tokenizer "
-            f"{tokenizer.name_or_path} has K={theirs[0]} and a {theirs[1]}x{theirs[2]} grid; pass its own tokenizer"
-        )
+    _check_levels(prior, source, tokenizer)
+    if len(meta.levels) == 1:
+        ours = (meta.codebook_size, meta.grid_h, meta.grid_w)
+        theirs = (config.codebook_size, config.grid_size, config.grid_size)
+        if ours != theirs:
+            raise VqgenError(
+                f"{source}: the prior samples K={ours[0]} codes on a {ours[1]}x{ours[2]} grid but the tokenizer "
+                f"{tokenizer.name_or_path} has K={theirs[0]} and a {theirs[1]}x{theirs[2]} grid; pass its own "
+                "tokenizer"
+            )
     weights = Path(tokenizer.name_or_path) / "model.safetensors"
     digest = sha256_file(weights)
     if digest != meta.tokenizer_sha256:
@@ -61,6 +66,23 @@ def check_pair(prior: LoadedPrior, prior_dir: Path, tokenizer: VQVAE) -> str:
             f"({digest[:12]}...); pass the tokenizer the prior's codes were made with"
         )
     return digest
+
+
+def _check_levels(prior: LoadedPrior, source: Path, tokenizer: VQVAE) -> None:
+    """The tokenizer must have the prior's levels: as many, each with the prior's name, grid and K. A
+    one-level pair's grid and K are compared by check_pair (its message as before levels existed)."""
+    ours, theirs = prior.meta.levels, tokenizer.config.level_specs
+    if len(ours) == len(theirs) == 1:
+        return
+    drawn = (f"one grid ({ours[0].grid_h}x{ours[0].grid_w}, K={ours[0].codebook_size})" if len(ours) == 1
+             else f"{len(ours)} levels ({describe_levels(ours)})")
+    if len(ours) != len(theirs) or any((a.name, a.grid_h, a.grid_w, a.codebook_size) !=
+                                       (b.name, b.grid_h, b.grid_w, b.codebook_size) for a, b in zip(ours, theirs)):
+        raise VqgenError(
+            f"{source}: the prior draws {drawn} but the tokenizer {tokenizer.name_or_path} has {len(theirs)} "
+            f"level{'s' if len(theirs) > 1 else ''} ({describe_levels(theirs)}); pass the tokenizer the prior was "
+            "trained with"
+        )
 
 
 def claim_folder(out: Path, settings: dict, file: str = SETTINGS_FILE) -> None:
@@ -93,7 +115,8 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
     OUT/images/*.png, OUT/codes.npz and OUT/grid.png. Returns OUT."""
     state, out = process_state(), Path(out)
     prior, tokenizer = load_prior(prior_dir), load_tokenizer(tokenizer_dir)
-    settings = {**dataclasses.asdict(cfg), "tokenizer_sha256": check_pair(prior, Path(prior_dir), tokenizer),
+    settings = {**dataclasses.asdict(cfg),
+                "tokenizer_sha256": check_pair(prior, Path(prior_dir), tokenizer, two_levels=True),
                 "prior_sha256": sha256_file(prior_folder(prior_dir) / "model.safetensors")}
     if cfg.per_class > 0:
         settings["n"] = None  # ignored: the count is per_class x classes
@@ -118,7 +141,14 @@ def sample(prior_dir: str | Path, tokenizer_dir: str | Path, cfg: SampleConfig, 
 
 
 def grid_spec(prior: LoadedPrior) -> GridSpec:
-    return GridSpec(prior.meta.vocab, prior.meta.grid_h, prior.meta.grid_w)
+    return GridSpec.of_levels(prior.meta.vocab, prior.meta.levels)
+
+
+def decode(tokenizer: VQVAE, codes: Codes) -> torch.Tensor:
+    """Sampled codes (one grid, or {level: grid}) -> images (B, C, H, W) in [-1, 1]."""
+    if isinstance(codes, torch.Tensor):
+        return tokenizer.decode_codes(codes)
+    return tokenizer.decode_levels(codes)
 
 
 def _sample_indices(prior: LoadedPrior, tokenizer: VQVAE, cfg: SampleConfig, labels: torch.Tensor,
@@ -132,4 +162,4 @@ def _sample_indices(prior: LoadedPrior, tokenizer: VQVAE, cfg: SampleConfig, lab
     with tqdm(batches, total=total, desc="sample", disable=not state.is_local_main_process) as bar:
         for batch in bar:
             write_shard(out, batch.indices, batch.labels, batch.codes)
-            write_images(out, batch.indices, batch.labels, tokenizer.decode_codes(batch.codes.to(state.device)))
+            write_images(out, batch.indices, batch.labels, decode(tokenizer, batch.codes))

@@ -10,6 +10,11 @@ its own random stream (`SampleNoise`) so that samples do not depend on the batch
 
 Each prior's registry entry (`stage2_prior.registry`) names its `Sampler`: the MaskGIT one is in
 `sampling.maskgit`.
+
+A two-level GPT prior draws one sequence [cond, top codes, bottom codes] in a single pass (top
+first, then bottom, with one KV cache): each position draws only from its own level's token range
+(`stage2_prior.vocab`), and everything else (guidance, its schedule over all the draws, the
+filters, the per-sample streams) is as for one level.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ from einops import rearrange
 from torch import Tensor
 from transformers import DynamicCache, StaticCache
 
+from core.code_grids import LEVEL_NAMES, GridLevel
 from core.config import setting
 from core.errors import VqgenError
 from sampling.guidance import CFG_SCHEDULES, guidance_problem, guidance_scales
 from sampling.logits import Filters, SampleNoise, guide, pick
-from stage2_prior.vocab import PriorVocab
+from stage2_prior.vocab import Codes, PriorVocab
 
 UNCOND = -1  # the label of an unconditional sample
 KV_CACHES = ("dynamic", "static", "none")
@@ -119,11 +125,38 @@ def plan_labels(cfg: SampleConfig, num_classes: int) -> Tensor:
 
 @dataclass(frozen=True)
 class GridSpec:
-    """What a prior samples: its vocabulary (stage2_prior.vocab) and the (h, w) code grid."""
+    """What a prior samples: its vocabulary (stage2_prior.vocab) and the (h, w) code grid; for two
+    levels, `levels` (top, bottom) and grid_h, grid_w the bottom's."""
 
     vocab: PriorVocab
     grid_h: int
     grid_w: int
+    levels: tuple[GridLevel, ...] = ()  # two levels, coarse to fine; () for one level
+
+    @classmethod
+    def of_levels(cls, vocab: PriorVocab, levels: list[GridLevel]) -> GridSpec:
+        if len(levels) == 1:
+            return cls(vocab, levels[0].grid_h, levels[0].grid_w)
+        return cls(vocab, levels[-1].grid_h, levels[-1].grid_w, tuple(levels))
+
+    @property
+    def grids(self) -> tuple[GridLevel, ...]:
+        """Every level drawn, coarse to fine (one level: `codes`, grid_h x grid_w)."""
+        return self.levels or (GridLevel(LEVEL_NAMES[1][0], self.grid_h, self.grid_w, self.vocab.codebook_size),)
+
+    @property
+    def spans(self) -> list[range]:
+        """The token ids each position of the sequence draws from: its level's range."""
+        return [span for level, span in zip(self.grids, self.vocab.level_ranges)
+                for _ in range(level.grid_h * level.grid_w)]
+
+    def split(self, tokens: Tensor) -> Codes:
+        """Drawn tokens (B, T) -> codes (B, h, w) for one level, {level: (B, h, w) in [0, K_l)} for two."""
+        if not self.levels:
+            return rearrange(tokens, "b (h w) -> b h w", h=self.grid_h)
+        parts = tokens.split([lv.grid_h * lv.grid_w for lv in self.levels], dim=1)
+        return {lv.name: rearrange(part - span.start, "b (h w) -> b h w", h=lv.grid_h)
+                for lv, part, span in zip(self.levels, parts, self.vocab.level_ranges)}
 
 
 class Given(NamedTuple):
@@ -203,7 +236,7 @@ def _make_cache(model: torch.nn.Module, kind: str | None, max_len: int):
 
 
 def _code_logits(model: torch.nn.Module, ids: Tensor, cache, k: int) -> Tensor:
-    """Last-position logits restricted to the K code tokens: ids (R, t) -> (R, K)."""
+    """Last-position logits of the first k tokens (the codes of every level): ids (R, t) -> (R, k)."""
     out = model(input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1)
     return out.logits[:, -1, :k]
 
@@ -221,22 +254,26 @@ def decode_one_token(model: torch.nn.Module, seq: Tensor, cache, k: int) -> Tens
 
 
 def decode_n_tokens(model: torch.nn.Module, cond: Tensor, n: int, cfg: SampleConfig, noise: SampleNoise,
-                    guided: bool, k: int, prefix: Tensor | None = None) -> Tensor:
-    """Draw n codes after the condition rows cond (R,), the first p of them given as prefix (B, p)
-    (a completion): -> (B, n), starting with the prefix unchanged. Token t is guided at the scale
+                    guided: bool, k: int | list[range], prefix: Tensor | None = None) -> Tensor:
+    """Draw n code tokens after the condition rows cond (R,), the first p of them given as prefix (B, p)
+    (a completion): -> (B, n), starting with the prefix unchanged. Token t draws from range(k), or
+    from k[t] when k lists each position's range (two levels). Token t is guided at the scale
     `draw_scales` gives position t of n, kept or not, so a completion draws as a sample would."""
+    spans = [range(k)] * n if isinstance(k, int) else k
     prefix = cond.new_zeros(len(cond) // (2 if guided else 1), 0) if prefix is None else prefix
     if prefix.shape[1] == n:
         return prefix
+    top = max(span.stop for span in spans)
     cache = _make_cache(model, cfg.kv_cache, max_len=n)
     seq = torch.cat([rearrange(cond, "r -> r 1"), both_halves(prefix, guided)], dim=1)
-    logits = prefill(model, seq, cache, k)
+    logits = prefill(model, seq, cache, top)
     codes, scales = list(prefix.unbind(1)), draw_scales(cfg, n)
     for t in range(prefix.shape[1], n):
-        codes.append(_draw(logits, scales[t], cfg, noise, guided))
+        span = spans[t]
+        codes.append(_draw(logits[:, span.start:span.stop], scales[t], cfg, noise, guided) + span.start)
         if t + 1 < n:
             seq = torch.cat([seq, rearrange(both_halves(codes[-1], guided), "r -> r 1")], dim=1)
-            logits = decode_one_token(model, seq, cache, k)
+            logits = decode_one_token(model, seq, cache, top)
     return torch.stack(codes, dim=1)
 
 
@@ -254,16 +291,17 @@ def generate_gpt(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices
                  cfg: SampleConfig, given: Given | None = None) -> Tensor:
     """Sample code grids from a causal-LM prior. labels (B,) (-1: unconditional), indices: the
     samples' global indices (their random streams), given: kept codes of a raster prefix (their
-    cache prefilled in one pass) -> codes (B, h, w) int64."""
+    cache prefilled in one pass) -> codes (B, h, w) int64; two levels: {"top", "bottom"} grids, the
+    top drawn first and seen whole by every bottom code."""
     device = next(model.parameters()).device
     guided = cfg.cfg_scale != 1.0
     vocab = spec.vocab
     cond = vocab.cond_token(vocab.class_index(labels)).to(device)
     rows = condition_rows(cond, torch.full_like(cond, vocab.uncond_token), guided)
     noise = SampleNoise(cfg.seed, indices, device)
-    codes = decode_n_tokens(model, rows, spec.grid_h * spec.grid_w, cfg, noise, guided, vocab.codebook_size,
-                            prefix=_raster_prefix(given, device))
-    return rearrange(codes, "b (h w) -> b h w", h=spec.grid_h)
+    spans = spec.spans
+    tokens = decode_n_tokens(model, rows, len(spans), cfg, noise, guided, spans, prefix=_raster_prefix(given, device))
+    return spec.split(tokens)
 
 
 @torch.inference_mode()
@@ -299,7 +337,11 @@ PIXELCNN_SAMPLER = Sampler(generate_pixelcnn, check_autoregressive, check_prefix
 class Batch(NamedTuple):
     indices: list[int]  # global sample indices
     labels: Tensor  # (B,) int64, -1 unconditional
-    codes: Tensor  # (B, h, w) int64
+    codes: Codes  # (B, h, w) int64; two levels: {level: (B, h, w)}
+
+
+def _cpu(codes: Codes) -> Codes:
+    return codes.cpu() if isinstance(codes, Tensor) else {name: grid.cpu() for name, grid in codes.items()}
 
 
 def generate(model: torch.nn.Module, draw: DrawBatch, spec: GridSpec, labels: Tensor, indices: list[int],
@@ -310,4 +352,4 @@ def generate(model: torch.nn.Module, draw: DrawBatch, spec: GridSpec, labels: Te
     for start in range(0, len(indices), cfg.batch_size):
         part = slice(start, start + cfg.batch_size)
         kept = None if given is None else Given(given.codes[part], given.keep)
-        yield Batch(indices[part], labels[part], draw(model, spec, labels[part], indices[part], cfg, kept).cpu())
+        yield Batch(indices[part], labels[part], _cpu(draw(model, spec, labels[part], indices[part], cfg, kept)))

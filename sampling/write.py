@@ -2,7 +2,9 @@
 
     OUT/images/000123_c7.png    sample 123, class 7 (`_cu`: unconditional)
     OUT/shards/codes_<first>_<last>.npz   codes, labels and indices of one batch (written first)
-    OUT/codes.npz               every sample's codes (N, h, w), labels (N,), indices (N,), joined at the end
+    OUT/codes.npz               every sample's codes (N, h, w), labels (N,), indices (N,), joined at the end;
+                                a two-level prior's: one array per level, top (N, h, w) and bottom (N, h', w'),
+                                in place of codes
     OUT/grid.png                the first samples in a grid (one row per class with per_class)
 
 Every file is written atomically, so a killed run leaves only whole files, and a sample counts as
@@ -21,8 +23,10 @@ from torchvision.utils import make_grid
 
 from core.pixels import to_uint8
 from core.runs import atomic_path
+from stage2_prior.vocab import Codes, level_grids
 
 GRID_MAX = 100  # images shown in grid.png
+NOT_CODES = ("labels", "indices")  # a shard's other arrays: every other array is a level's codes
 
 
 def image_name(index: int, label: int) -> str:
@@ -41,22 +45,25 @@ def write_images(out: Path, indices: list[int], labels: Tensor, images: Tensor) 
         write_png(out / "images" / image_name(index, label), image)
 
 
-def write_shard(out: Path, indices: list[int], labels: Tensor, codes: Tensor) -> None:
-    """The codes (B, h, w) of one batch, named by its first and last index."""
+def write_shard(out: Path, indices: list[int], labels: Tensor, codes: Codes) -> None:
+    """The codes (B, h, w) of one batch, or one array per level, named by its first and last index."""
     path = out / "shards" / f"codes_{indices[0]:06d}_{indices[-1]:06d}.npz"
+    grids = {name: grid.numpy() for name, grid in level_grids(codes).items()}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, codes=codes.numpy(), labels=labels.numpy(), indices=np.asarray(indices, dtype=np.int64))
+            np.savez(f, **grids, labels=labels.numpy(), indices=np.asarray(indices, dtype=np.int64))
 
 
-def read_shards(out: Path) -> dict[int, tuple[np.ndarray, int]]:
-    """index -> (codes (h, w), label) over every shard in OUT/shards (a rerun may repeat an index;
-    sampling is deterministic, so any copy will do)."""
+def read_shards(out: Path) -> dict[int, tuple[dict[str, np.ndarray], int]]:
+    """index -> ({level: codes (h, w)}, label) over every shard in OUT/shards (a rerun may repeat an
+    index; sampling is deterministic, so any copy will do)."""
     found = {}
     for path in sorted((out / "shards").glob("codes_*.npz")):
         with np.load(path) as shard:
-            for index, label, codes in zip(shard["indices"], shard["labels"], shard["codes"]):
-                found[int(index)] = (codes, int(label))
+            names = [name for name in shard.files if name not in NOT_CODES]
+            grids = {name: shard[name] for name in names}
+            for b, (index, label) in enumerate(zip(shard["indices"], shard["labels"])):
+                found[int(index)] = ({name: grid[b] for name, grid in grids.items()}, int(label))
     return found
 
 
@@ -67,15 +74,16 @@ def finished(out: Path, labels: Tensor) -> set[int]:
 
 
 def join_codes(out: Path, n: int) -> Path:
-    """Write OUT/codes.npz from the shards: codes (n, h, w), labels (n,), indices (n,) in index order."""
+    """Write OUT/codes.npz from the shards: codes (n, h, w) (or one array per level), labels (n,),
+    indices (n,) in index order."""
     found = read_shards(out)
     missing = [i for i in range(n) if i not in found]
     assert not missing, f"samples {missing[:5]} have no codes shard"
-    codes = np.stack([found[i][0] for i in range(n)])
+    grids = {name: np.stack([found[i][0][name] for i in range(n)]).astype(np.int64) for name in found[0][0]}
     labels = np.asarray([found[i][1] for i in range(n)], dtype=np.int64)
     with atomic_path(out / "codes.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, codes=codes.astype(np.int64), labels=labels, indices=np.arange(n, dtype=np.int64))
+            np.savez(f, **grids, labels=labels, indices=np.arange(n, dtype=np.int64))
     return out / "codes.npz"
 
 

@@ -5,7 +5,8 @@ Diffusion") is the default, GPT-2 an option. Being stock, a saved prior loads wi
 `AutoModelForCausalLM.from_pretrained` and generates with `model.generate`.
 
 Sequence: [cond, c_0 ... c_{T-1}] in raster order (layout in `stage2_prior.vocab`). Training feeds
-the first T tokens and scores the T codes, so position t predicts c_t from cond and c_<t.
+the first T tokens and scores the T codes, so position t predicts c_t from cond and c_<t. Two levels
+are one sequence [cond, top codes, bottom codes]: every bottom code sees the whole top grid.
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ def build_gpt(
 ) -> PreTrainedModel:
     """A fresh causal LM for (h, w) grids of K codes and N classes; `overrides` are config fields
     of the family's transformers config (checked against its signature)."""
-    config = gpt_config(preset, PriorVocab(codebook_size, num_classes), grid_h * grid_w, family, overrides)
+    return build_gpt_tokens(preset, PriorVocab(codebook_size, num_classes), grid_h * grid_w, family, overrides)
+
+
+def build_gpt_tokens(preset: str, vocab: PriorVocab, num_tokens: int, family: str, overrides: dict) -> PreTrainedModel:
+    """A fresh causal LM over sequences of `num_tokens` code tokens of `vocab` (every level's grid)."""
+    config = gpt_config(preset, vocab, num_tokens, family, overrides)
     model = (LlamaForCausalLM if family == "llama" else GPT2LMHeadModel)(config)
     # Only codes are ever sampled: a plain `model.generate` never emits a class token.
-    model.generation_config.suppress_tokens = list(range(codebook_size, config.vocab_size))
+    model.generation_config.suppress_tokens = list(range(vocab.codebook_size, config.vocab_size))
     return model
 
 
@@ -88,9 +94,13 @@ def gpt_code_logits(model: torch.nn.Module, codes: torch.Tensor, cond: torch.Ten
 
     codes (B, h, w) int64, cond (B,) condition tokens -> logits (B, T, K), restricted to codes.
     """
-    flat = rearrange(codes, "b h w -> b (h w)")
-    input_ids = torch.cat([cond[:, None], flat[:, :-1]], dim=1)  # (B, T): cond, c_0 .. c_{T-2}
-    return model(input_ids=input_ids).logits[..., :codebook_size]
+    return gpt_token_logits(model, rearrange(codes, "b h w -> b (h w)"), cond)[..., :codebook_size]
+
+
+def gpt_token_logits(model: torch.nn.Module, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced logits over the whole vocabulary: code tokens (B, T), cond (B,) -> (B, T, V)."""
+    input_ids = torch.cat([cond[:, None], tokens[:, :-1]], dim=1)  # (B, T): cond, c_0 .. c_{T-2}
+    return model(input_ids=input_ids).logits
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -10,7 +10,7 @@ checks and the report all read `PRIORS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -26,8 +26,9 @@ from transformers import (
     PreTrainedModel,
 )
 
+from core.code_grids import GridLevel, describe_levels
 from core.errors import VqgenError
-from stage2_prior.gpt import build_gpt
+from stage2_prior.gpt import build_gpt_tokens
 from stage2_prior.maskgit import build_maskgit, size_problem
 from stage2_prior.masking import MaskedTokens
 from stage2_prior.next_token import NextToken, gpt_logits, pixelcnn_logits
@@ -51,8 +52,8 @@ class Objective(Protocol):
                  accelerator: Accelerator) -> dict[str, float]: ...
 
 
-# (run settings, vocabulary, grid h, grid w) -> a fresh model
-Build = Callable[["PriorRunConfig", PriorVocab, int, int], PreTrainedModel]
+# (run settings, vocabulary, the code grids' levels coarse to fine) -> a fresh model
+Build = Callable[["PriorRunConfig", PriorVocab, Sequence[GridLevel]], PreTrainedModel]
 
 
 @dataclass(frozen=True)
@@ -63,18 +64,21 @@ class PriorKind:
     # What is wrong with a loaded config that its own class does not check, or None.
     config_problem: Callable[[PreTrainedConfig], str | None]
     objective: Objective
+    max_levels: int  # 2: one model draws both levels of a two-level folder; 1: one level only
 
 
-def _gpt(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
-    return build_gpt(cfg.preset, vocab.codebook_size, vocab.num_classes, grid_h, grid_w, family=cfg.family, **cfg.model)
+def _gpt(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) -> PreTrainedModel:
+    return build_gpt_tokens(cfg.preset, vocab, sum(lv.grid_h * lv.grid_w for lv in levels), cfg.family, cfg.model)
 
 
-def _pixelcnn(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
-    return build_pixelcnn(cfg.preset, vocab.codebook_size, vocab.num_classes, grid_h, grid_w, **cfg.model)
+def _pixelcnn(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) -> PreTrainedModel:
+    (level,) = levels  # PriorTask refuses a two-level folder for this arch (`check_levels`)
+    return build_pixelcnn(cfg.preset, vocab.codebook_size, vocab.num_classes, level.grid_h, level.grid_w, **cfg.model)
 
 
-def _maskgit(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
-    return build_maskgit(cfg.preset, vocab.codebook_size, vocab.num_classes, grid_h, grid_w, **cfg.model)
+def _maskgit(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) -> PreTrainedModel:
+    (level,) = levels
+    return build_maskgit(cfg.preset, vocab.codebook_size, vocab.num_classes, level.grid_h, level.grid_w, **cfg.model)
 
 
 def _checked_by_its_class(config: PreTrainedConfig) -> None:
@@ -87,10 +91,11 @@ def _bert_sizes(config: PreTrainedConfig) -> str | None:
 
 PRIORS: dict[str, PriorKind] = {
     "gpt": PriorKind(_gpt, AutoModelForCausalLM, (LlamaConfig.model_type, GPT2Config.model_type),
-                     _checked_by_its_class, NextToken(gpt_logits)),
+                     _checked_by_its_class, NextToken(gpt_logits), max_levels=2),
     "pixelcnn": PriorKind(_pixelcnn, PixelCNNPrior, (PixelCNNConfig.model_type,), _checked_by_its_class,
-                          NextToken(pixelcnn_logits)),
-    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens()),
+                          NextToken(pixelcnn_logits), max_levels=1),
+    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens(),
+                         max_levels=1),
 }
 ARCHS = tuple(PRIORS)
 
@@ -100,3 +105,13 @@ def prior_kind(arch: str, source: str = "prior.arch") -> PriorKind:
     if arch not in PRIORS:
         raise VqgenError(f"{source}: unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     return PRIORS[arch]
+
+
+def check_levels(arch: str, levels: Sequence[GridLevel], source: str) -> None:
+    """Refuse, in one line naming `source`, levels `arch` cannot model (a two-level folder or prior
+    for an arch whose two-level version is not in this version)."""
+    if len(levels) > prior_kind(arch).max_levels:
+        raise VqgenError(
+            f"{source}: holds {len(levels)} levels ({describe_levels(levels)}), but arch {arch} takes one level in "
+            "this version (its two-level version comes later); use arch gpt (--arch gpt), which models both levels"
+        )

@@ -7,11 +7,16 @@ loss and its val metrics come from the arch's registry entry (`stage2_prior.regi
 NLL for the autoregressive priors (`stage2_prior.next_token`), masked-code NLL for MaskGIT
 (`stage2_prior.masking`). Every arch also logs `val/unigram_bits`, the entropy of the training
 codes' unigram distribution: what a model that ignores all context would need.
+
+A two-level folder (VQ-VAE-2's top and bottom grids) trains one GPT over [cond, top, bottom]
+(`stage2_prior.vocab`); it logs each level's bits (`val/top/...`, `val/bottom/...`) beside the
+totals, whose unigram baseline is the token-weighted mean of the levels' own.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,14 +25,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel
 
-from core.code_grids import load_codes, one_level, read_meta
+from core.code_grids import META_FILE, GridLevel, load_codes, read_meta
 from core.config import setting
 from core.distributed import process_state
 from core.errors import VqgenError
 from core.loop import TrainConfig, fit
 from stage2_prior.load import PriorMeta, write_prior_meta
-from stage2_prior.registry import ARCHS, prior_kind
-from stage2_prior.vocab import PriorVocab
+from stage2_prior.registry import ARCHS, check_levels, prior_kind
+from stage2_prior.vocab import PriorVocab, level_grids
 
 
 def prior_train_defaults() -> TrainConfig:
@@ -48,39 +53,82 @@ class PriorRunConfig:
 
 
 def build_prior(cfg: PriorRunConfig, vocab: PriorVocab, grid_h: int, grid_w: int) -> PreTrainedModel:
-    return prior_kind(cfg.arch).build(cfg, vocab, grid_h, grid_w)
+    """A fresh one-level prior over grid_h x grid_w grids of the vocabulary's K codes."""
+    return build_prior_levels(cfg, vocab, [GridLevel("codes", grid_h, grid_w, vocab.codebook_size)])
+
+
+def build_prior_levels(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) -> PreTrainedModel:
+    """A fresh prior over the code grids' levels (coarse to fine)."""
+    return prior_kind(cfg.arch).build(cfg, vocab, levels)
+
+
+def _entropy_bits(counts: torch.Tensor) -> float:
+    p = counts / counts.sum()
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum())
 
 
 @dataclass
 class CodeCounts:
     """One streamed pass over the training grids."""
 
-    counts: torch.Tensor  # (K,) float64 occurrences of each code
+    counts: torch.Tensor  # (K,) float64 occurrences of each code token (levels one after the other)
     max_label: int
+    vocab: PriorVocab  # its level ranges split `counts`
+
+    @property
+    def level_bits(self) -> list[float]:
+        """Each level's unigram entropy (bits), coarse to fine."""
+        return [_entropy_bits(self.counts[span.start:span.stop]) for span in self.vocab.level_ranges]
 
     @property
     def unigram_bits(self) -> float:
-        p = self.counts / self.counts.sum()
-        p = p[p > 0]
-        return float(-(p * p.log2()).sum())
+        """The entropy per token of a model that knows each token's level but no context: the levels'
+        entropies weighted by their share of the tokens (one level: its entropy)."""
+        shares = [self.counts[span.start:span.stop].sum() / self.counts.sum() for span in self.vocab.level_ranges]
+        return sum(float(share) * bits for share, bits in zip(shares, self.level_bits))
 
 
-def count_codes(dataset: Dataset, codebook_size: int, batch_size: int = 1024, source: str = "codes") -> CodeCounts:
-    """Code counts and the largest label, streamed batch by batch (never the whole split in memory)."""
-    counts = torch.zeros(codebook_size, dtype=torch.float64)
+def count_codes(dataset: Dataset, sizes: int | Sequence[int], batch_size: int = 1024, source: str = "codes") -> CodeCounts:
+    """Code counts and the largest label, streamed batch by batch (never the whole split in memory).
+    sizes: K, or each level's K coarse to fine for items whose "codes" are {level: grid}."""
+    vocab = PriorVocab.of_levels([sizes] if isinstance(sizes, int) else sizes, 0)
+    counts = torch.zeros(vocab.codebook_size, dtype=torch.float64)
     max_label = -1
     # A generator of its own: a loader draws its base seed from the global RNG otherwise, and the
     # seeded model initialisation that follows must not depend on how many splits were counted.
     for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
-        codes = batch["codes"]
-        if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
-            raise VqgenError(
-                f"{source}: stored codes reach {int(codes.max())}, outside codebook_size={codebook_size}; "
-                "the metadata belongs to another tokenizer, re-run `vqgen dump-codes`"
-            )
-        counts += torch.bincount(codes.flatten(), minlength=codebook_size).double()
+        grids = level_grids(batch["codes"])
+        for (name, codes), k in zip(grids.items(), vocab.level_sizes):
+            if codes.numel() and (codes.min() < 0 or codes.max() >= k):
+                what = "stored codes" if len(grids) == 1 else f"level {name}'s stored codes"
+                raise VqgenError(
+                    f"{source}: {what} reach {int(codes.max())}, outside codebook_size={k}; "
+                    "the metadata belongs to another tokenizer, re-run `vqgen dump-codes`"
+                )
+        counts += torch.bincount(vocab.tokens(grids).flatten(), minlength=vocab.codebook_size).double()
         max_label = max(max_label, int(batch["label"].max()))
-    return CodeCounts(counts, max_label)
+    return CodeCounts(counts, max_label, vocab)
+
+
+class LevelCodes(Dataset):
+    """A two-level split whose items hold {"codes": {"top": grid, "bottom": grid}, "label"}: the
+    objectives take one "codes" entry, a grid or a dict of levels (`stage2_prior.vocab.Codes`)."""
+
+    def __init__(self, dataset: Dataset, names: Sequence[str]):
+        self.dataset, self.names = dataset, list(names)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _item(self, item: dict) -> dict:
+        return {"codes": {name: item[name] for name in self.names}, "label": item["label"]}
+
+    def __getitem__(self, i: int) -> dict:
+        return self._item(self.dataset[i])
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        return [self._item(item) for item in self.dataset.__getitems__(indices)]
 
 
 class Rows(Dataset):
@@ -108,21 +156,27 @@ class PriorTask:
         self.cfg = cfg
         self.objective = prior_kind(cfg.arch).objective
         meta = read_meta(cfg.codes)
-        one_level(meta, cfg.codes, "this version's priors take one level (two-level priors are not in this "
-                  "version yet); dump codes with a one-level tokenizer (model.levels=1) to train a prior")
+        source = str(Path(cfg.codes) / META_FILE)
+        check_levels(cfg.arch, meta.levels, source)
         self.codes_meta = dataclasses.asdict(meta)
-        self.vocab = PriorVocab(meta.codebook_size, meta.num_classes)
-        self.train_set = load_codes(cfg.codes, "train")
-        self.val_set = Rows(load_codes(cfg.codes, "val")) if meta.splits.get("val", 0) > 0 else None
-        source = str(Path(cfg.codes) / "vqgen_codes.json")
-        self.stats = count_codes(self.train_set, meta.codebook_size, source=source)
+        self.levels = meta.levels
+        sizes = [lv.codebook_size for lv in meta.levels]
+        self.vocab = PriorVocab.of_levels(sizes, meta.num_classes)
+        self.train_set = self._split(cfg.codes, "train")
+        self.val_set = Rows(self._split(cfg.codes, "val")) if meta.splits.get("val", 0) > 0 else None
+        self.stats = count_codes(self.train_set, sizes, source=source)
         _check_labels(cfg.codes, "train", self.stats.max_label, meta.num_classes)
         if self.val_set is not None:
             # Val labels too: N would silently become the unconditional token, more an IndexError.
-            val_stats = count_codes(self.val_set, meta.codebook_size, source=source)
+            val_stats = count_codes(self.val_set, sizes, source=source)
             _check_labels(cfg.codes, "val", val_stats.max_label, meta.num_classes)
-        self.model = build_prior(cfg, self.vocab, meta.grid_h, meta.grid_w)
+        self.model = build_prior_levels(cfg, self.vocab, meta.levels)
         self.run_config = {"stage": "prior", **dataclasses.asdict(cfg)}
+
+    def _split(self, codes_dir: str, split: str) -> Dataset:
+        """A split whose items carry one "codes" entry: the grid, or for two levels {level: grid}."""
+        grids = load_codes(codes_dir, split)
+        return grids if len(self.levels) == 1 else LevelCodes(grids, [lv.name for lv in self.levels])
 
     def training_step(self, model: torch.nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         state = process_state()
@@ -132,17 +186,20 @@ class PriorTask:
 
     def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
         metrics = self.objective.evaluate(model, self.vocab, loader, accelerator)
-        return {**metrics, "val/unigram_bits": self.stats.unigram_bits}
+        per_level = {} if len(self.levels) == 1 else \
+            {f"val/{lv.name}/unigram_bits": bits for lv, bits in zip(self.levels, self.stats.level_bits)}
+        return {**metrics, "val/unigram_bits": self.stats.unigram_bits, **per_level}
 
     def after_evaluate(self, model, step: int, out_dir: Path, accelerator) -> None:
         """Nothing to draw here: `vqgen sample` decodes grids with the tokenizer."""
 
     def save_extras(self, model_dir: Path) -> None:
         meta = self.codes_meta
+        # One level: K, h, w at the top level as before; two: null there, `levels` lists them (as vqgen_codes.json).
         prior_meta = PriorMeta(
-            arch=self.cfg.arch, codebook_size=self.vocab.codebook_size, grid_h=meta["grid_h"], grid_w=meta["grid_w"],
+            arch=self.cfg.arch, codebook_size=meta["codebook_size"], grid_h=meta["grid_h"], grid_w=meta["grid_w"],
             num_classes=self.vocab.num_classes, uncond_token=self.vocab.uncond_token,
-            tokenizer_sha256=meta["tokenizer_sha256"], codes_meta=meta,
+            tokenizer_sha256=meta["tokenizer_sha256"], codes_meta=meta, levels=meta["levels"],
         )
         write_prior_meta(model_dir, prior_meta)
 

@@ -112,8 +112,7 @@ def test_a_two_level_tokenizer_is_refused_for_a_one_level_prior(tmp_path, pair):
         sample(pair[0], tmp_path / "two", SampleConfig(n=1), tmp_path / "s")
     assert str(err.value) == (
         f"{pair[0] / 'vqgen_prior.json'}: the prior draws one grid (4x4, K=16) but the tokenizer {tmp_path / 'two'} "
-        "has 2 levels (top 2x2 (K=16), bottom 4x4 (K=16)); this version's priors take one level: pass the tokenizer "
-        "the prior was trained with")
+        "has 2 levels (top 2x2 (K=16), bottom 4x4 (K=16)); pass the tokenizer the prior was trained with")
     assert not (tmp_path / "s").exists()
 
 

@@ -193,15 +193,19 @@ def test_trained_folder_loads_with_plain_transformers(tmp_path, codes):
     assert bool((got["sampled"][:, 1:] < K).all()), "plain generate() must only emit codes"
 
 
-def test_a_two_level_folder_is_refused_in_one_line_before_any_work(tmp_path):
+@pytest.mark.parametrize("arch", ["pixelcnn", "maskgit"])
+def test_a_two_level_folder_is_refused_for_a_one_level_arch_before_any_work(tmp_path, arch):
+    """Only the GPT models two levels in this version (tests/stage2_prior/test_two_levels.py)."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
     from code_grids_folder import TWO, write_grids
 
     codes = write_grids(tmp_path / "codes", TWO)[0]
     with pytest.raises(VqgenError) as err:
-        train_prior(config(codes), tmp_path / "run")
-    assert str(err.value).startswith(f"{codes / 'vqgen_codes.json'}: holds 2 levels (top 2x2 (K=512), bottom 4x4")
-    assert "this version's priors take one level" in str(err.value) and "\n" not in str(err.value)
+        train_prior(config(codes, arch), tmp_path / "run")
+    assert str(err.value) == (
+        f"{codes / 'vqgen_codes.json'}: holds 2 levels (top 2x2 (K=512), bottom 4x4 (K=70000)), but arch {arch} "
+        "takes one level in this version (its two-level version comes later); use arch gpt (--arch gpt), which "
+        "models both levels")
     assert not (tmp_path / "run").exists()
 
 
