@@ -18,6 +18,7 @@ import yaml
 
 from core.config import Copies, setting, to_dict
 from core.data import SPLITS, DataConfig, load_images
+from core.loop.tracking import log_pictures_after
 from core.runs import MetricsLog, atomic_path, claim_output, finished_record, run_stage
 from eval.cache import StatsCache
 from eval.classifier import ClassifierRunConfig, train_classifier
@@ -175,6 +176,8 @@ def _prior(ctx: _Context) -> dict[str, Any]:
 
 def _samples(ctx: _Context) -> dict[str, Any]:
     folder = sample(ctx.out / "prior" / "model", ctx.tokenizer, ctx.cfg.sample, ctx.out / "samples")
+    train = ctx.cfg.prior.train
+    log_pictures_after(ctx.out / "prior", train.log_with, {"samples/grid": folder / "grid.png"}, train.steps)
     return {"n": len(list(ctx.samples.glob("*.png"))), "grid": str(folder / "grid.png")}
 
 

@@ -47,16 +47,18 @@ def project_dir(out_dir: Path) -> Path:
 
 
 @contextmanager
-def tracking(accelerator: Accelerator, config: dict, out_dir: Path, step: int) -> Iterator[None]:
-    """The trackers of `accelerator` open for the run in `out_dir`, which goes on after `step`; `config`
-    (the run config, nested) logged flat. With no tracker, nothing happens."""
+def tracking(accelerator: Accelerator, config: dict | None, out_dir: Path, step: int | None) -> Iterator[None]:
+    """The trackers of `accelerator` open for the run in `out_dir`, which goes on after `step` (None: adds
+    to it, hiding nothing); `config` (the run config, nested) logged flat, unless None. With no tracker,
+    nothing happens."""
     init_kwargs = {
         # Events of an earlier start past `step` (a killed run's, not in any checkpoint) are hidden.
-        "tensorboard": {"purge_step": step + 1},
+        "tensorboard": {} if step is None else {"purge_step": step + 1},
         "wandb": {"name": out_dir.name},
         "mlflow": {"run_name": out_dir.name},
     }
-    accelerator.init_trackers(PROJECT, config=flat_config(config), init_kwargs=init_kwargs)
+    flat = None if config is None else flat_config(config)
+    accelerator.init_trackers(PROJECT, config=flat, init_kwargs=init_kwargs)
     try:
         yield
     finally:
@@ -92,6 +94,17 @@ def log_pictures(accelerator: Accelerator, pictures: dict[str, Path], step: int)
             continue
         for name, path in pictures.items():
             write(tracker, name, path, step)
+
+
+def log_pictures_after(out_dir: Path, log_with: list[str], pictures: dict[str, Path], step: int) -> None:
+    """Pictures made from a finished run's model (the pipeline's sample grid, drawn from the prior) into
+    that run's trackers at its last step `step`, beside what `fit` logged: stage 2 cannot decode its
+    own codes (that needs the tokenizer), so its samples are pictured only once they are drawn."""
+    if not log_with:
+        return
+    accelerator = Accelerator(log_with=log_with, project_dir=project_dir(out_dir))
+    with tracking(accelerator, None, out_dir, None):
+        log_pictures(accelerator, pictures, step)
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from core.config import load_config
 from core.data import DataConfig
 from core.errors import VqgenError
 from core.loop import TrainConfig, fit
-from core.loop.tracking import TRACKERS, flat_config
+from core.loop.tracking import TRACKERS, flat_config, log_pictures_after
 from stage1_vqvae.train import TokenizerRunConfig, train_tokenizer
 from vqgen.cli import main
 from vqgen.pipeline import PipelineConfig, stage_settings
@@ -71,6 +72,22 @@ def test_the_tokenizer_shows_its_reconstruction_grid(tmp_path, fmnist_available)
     (config,) = logged_config(tmp_path)  # the run's whole config, flat
     assert config["preset"] == "tiny" and config["train.steps"] == 2 and config["data.image_size"] == 16
     assert config["train.log_with"] == '["tensorboard"]' and config["model.quantizer.codebook_size"] == 32
+
+
+def test_a_grid_drawn_after_the_run_joins_its_trackers_at_the_last_step(tmp_path):
+    fit(TinyTask(), TENSORBOARD, tmp_path)
+    grid = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    Image.fromarray(grid).save(tmp_path / "grid.png")
+    # TensorBoard reads a folder's event files in name order: the second they were opened, then a counter
+    # that sorts as text (".10" before ".8"). The pipeline draws its samples long after the prior's last
+    # event; here a second's wait puts the new file after the training's, as there.
+    time.sleep(1.1)
+    log_pictures_after(tmp_path, ["tensorboard"], {"samples/grid": tmp_path / "grid.png"}, step=12)
+    (picture,) = events(tmp_path).Images("samples/grid")
+    assert picture.step == 12
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(picture.encoded_image_string)).convert("RGB")), grid)
+    assert_scalars_match_metrics_jsonl(tmp_path)  # the training's events are all still shown
+    assert len(logged_config(tmp_path)) == 1  # no second config: the picture is not a new start
 
 
 def test_no_tracker_by_default_writes_no_tracker_files(tmp_path):
