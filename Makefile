@@ -37,7 +37,7 @@ chromium:
 	else echo "WARNING: chromium missing, so the web demo's browser test is skipped; run 'sudo apt-get install chromium'" >&2; fi
 
 test: venv data chromium
-	$(OFFLINE) $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(OFFLINE) $(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
 
 demo: venv data
 	$(OFFLINE) .venv/bin/vqgen pipeline --config configs/fashion-mnist.yaml --out runs/demo
