@@ -6,8 +6,8 @@ Each condition runs the demo tokenizer's training (`train_tokenizer`, default pr
 torch chooses them) in a fresh process and reads seconds per step from its metrics.jsonl, after
 the first WARMUP steps. Two policies are compared in the same run:
   today  - libgomp's default spin-wait at a fixed thread count (one per core), as before vqgen set anything,
-  vqgen  - what `vqgen` sets before torch loads (core.cpu_threads.configure_cpu_threads), with the
-           training loop following the other processes' load (core.cpu_threads.LoadFollower).
+  vqgen  - libgomp's default, with the training loop following the other processes' load
+           (core.cpu_threads.LoadFollower), as every vqgen run on a CPU.
 For each policy: s/step idle, beside one process spinning in a Python loop, and beside a second
 identical training run (the mean of the two), as ratios of its own idle speed. Medians over
 --repeats. Prints one JSON line and writes bench/results/busy_machine.json.
@@ -27,8 +27,8 @@ from pathlib import Path
 
 RESULT = Path(__file__).parent / "results" / "busy_machine.json"
 WARMUP = 10  # steps before the timing starts (allocator and OpenMP pools warm up)
-# Candidate policies for exploring (--policies); "vqgen" is what configure_cpu_threads sets, with the
-# training loop's LoadFollower. The others fix the thread count (a user's own count turns the follower
+# Candidate policies for exploring (--policies); "vqgen" is libgomp's default with the training loop's
+# LoadFollower. The others fix the thread count (a user's own count turns the follower
 # off), so they show the wait policy alone; "today" is libgomp's default, as before vqgen set anything.
 CORES = str(len(os.sched_getaffinity(0)))
 CANDIDATES = {"today": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin10k": {"GOMP_SPINCOUNT": "10000"},
@@ -40,12 +40,7 @@ SPIN = "while True: pass"
 
 def worker(policy: str, steps: int, out: Path) -> None:
     """Train for `steps` and write the seconds per step after WARMUP to `out` (runs in a child)."""
-    if policy == "vqgen":
-        from core.cpu_threads import configure_cpu_threads
-
-        configure_cpu_threads()
-    else:
-        os.environ.update(CANDIDATES[policy])
+    os.environ.update(CANDIDATES.get(policy, {}))
     import dataclasses
 
     from core.runs import MetricsLog

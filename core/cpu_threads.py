@@ -1,49 +1,30 @@
-"""CPU threads that share the machine: OpenMP's wait policy, set before torch loads, and a thread
-count that follows the other processes' load while a run trains.
+"""CPU threads that share the machine: torch's thread count follows the other processes' load.
 
-By default libgomp spins a waiting thread for about 300,000 iterations before it sleeps. On an idle
-machine that saves a wake-up per parallel region; beside another busy process it burns the time
-slice the other process's threads need: two 2-thread runs on 2 cores slowed to 0.05-0.2x of one
-(bench/busy_machine.py, BENCHMARKS.md "CPU runs on a busy machine"). Two things fix it without
-slowing an idle machine down:
-- `LoadFollower` lowers torch's thread count while other processes keep cores busy (a run with one
-  thread per free core never waits for a descheduled thread) and raises it again when they stop;
-- a short spin (GOMP_SPINCOUNT, set below) covers the code that does not follow the load
-  (sampling, evaluation): a waiting thread yields after a few microseconds, where a passive
-  policy (yield at once) cost 16 % of the idle speed.
-libgomp reads its variables only when it is loaded, so they must be in the environment before the
-first `import torch`; `vqgen.cli.main` calls `configure_cpu_threads` first thing.
+By default libgomp, torch's OpenMP runtime, spins a waiting thread for about 300,000 iterations before
+it sleeps. On an idle machine that saves a wake-up per parallel region; beside another busy process it
+burns the time slice the other process's threads need: two 2-thread runs on 2 cores slowed to
+0.05-0.2x of one (bench/busy_machine.py, BENCHMARKS.md "CPU runs on a busy machine"). A passive wait
+policy (yield at once) fixed that at 16 % of the idle speed, a short spin (GOMP_SPINCOUNT=10000) at
+4 %. `LoadFollower` costs nothing idle: it lowers the thread count while other processes keep cores
+busy (a run with one thread per free core never waits for a descheduled thread) and raises it again
+when they stop. The loops that run long call it: training (`core.loop`), sampling, encoding codes and
+Inception passes. libgomp's own settings are left as they are.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import MutableMapping
 
 import psutil
+import torch
 
-# The user's own choice of any of these wins: we set nothing when one is present.
-USER_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-POLICY = {"GOMP_SPINCOUNT": "10000"}
 # A thread count of the user's own is never changed.
 USER_THREADS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 logger = logging.getLogger(__name__)
-
-
-def configure_cpu_threads(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """Set POLICY in `environ` unless the user set a wait policy; return what was set.
-
-    Does nothing once torch is imported: its OpenMP runtime has already read the environment.
-    Child processes (data-loader workers, `accelerate launch` ranks) inherit the setting.
-    """
-    if "torch" in sys.modules or any(knob in environ for knob in USER_KNOBS):
-        return {}
-    environ.update(POLICY)
-    return dict(POLICY)
 
 
 class LoadFollower:
@@ -56,9 +37,6 @@ class LoadFollower:
     """
 
     def __init__(self, device_type: str = "cpu", every_s: float = 1.0, environ: MutableMapping[str, str] = os.environ):
-        import torch  # not at the top: configure_cpu_threads must run before torch loads
-
-        self.torch = torch
         self.most = torch.get_num_threads()
         self.cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         # A GPU run's CPU threads only feed the GPU: nothing to share.
@@ -101,6 +79,6 @@ class LoadFollower:
         if others is None:
             return
         threads = self.threads_for(others)
-        if threads != self.torch.get_num_threads():
+        if threads != torch.get_num_threads():
             logger.debug("other processes keep %.1f cores busy: %d threads", others, threads)
-            self.torch.set_num_threads(threads)
+            torch.set_num_threads(threads)

@@ -44,6 +44,7 @@ from einops import rearrange
 from torch import nn
 from tqdm.auto import tqdm
 
+from core.cpu_threads import LoadFollower
 from core.errors import VqgenError
 from core.inception_files import PYTORCH_FID_GLOB, TORCH_FIDELITY_GLOB
 from core.runs import sha256_file
@@ -281,8 +282,10 @@ def extract_features(
 ) -> Extracted:
     """Run `model` over uint8 (B, C, H, W) batches with a tqdm bar; results on the CPU."""
     features, spatial, logits = [], [], []
+    threads = LoadFollower(next(model.parameters(), torch.empty(0)).device.type)  # a script may hold none
     with tqdm(total=total, desc=desc, unit="img", leave=False) as bar:
         for images in batches:
+            threads.follow()
             out = model.activations(images)
             features.append(out.features.cpu())
             spatial.append(out.spatial.cpu())

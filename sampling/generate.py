@@ -31,6 +31,7 @@ from transformers import DynamicCache, StaticCache
 
 from core.code_grids import LEVEL_NAMES, GridLevel
 from core.config import setting
+from core.cpu_threads import LoadFollower
 from core.errors import VqgenError
 from sampling.guidance import CFG_SCHEDULES, guidance_problem, guidance_scales
 from sampling.logits import Filters, SampleNoise, guide, pick
@@ -349,7 +350,9 @@ def generate(model: torch.nn.Module, draw: DrawBatch, spec: GridSpec, labels: Te
     """Sample the given indices (with their labels (n,)) batch by batch with the prior's `draw`
     (its `Sampler.draw`, e.g. `generate_gpt`); with `given` (codes (n, h, w), keep (h, w)), complete
     those codes instead."""
+    threads = LoadFollower(next(model.parameters()).device.type)
     for start in range(0, len(indices), cfg.batch_size):
+        threads.follow()
         part = slice(start, start + cfg.batch_size)
         kept = None if given is None else Given(given.codes[part], given.keep)
         yield Batch(indices[part], labels[part], _cpu(draw(model, spec, labels[part], indices[part], cfg, kept)))

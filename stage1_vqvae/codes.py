@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 import core
 from core.code_grids import CodeGridMeta, GridLevel, grid_rows, join_shards, new_meta, write_shard
 from core.config import to_dict
+from core.cpu_threads import LoadFollower
 from core.data import DataConfig, ImageDataset, load_images
 from core.distributed import process_state
 from core.errors import VqgenError
@@ -114,8 +115,10 @@ def _encoded_rows(tokenizer: VQVAE, subset: Dataset, batch_size: int, show_progr
     levels = grid_levels(tokenizer)
     loader = DataLoader(subset, batch_size=batch_size)
     # A context: an error closes the bar before the CLI prints it, on a line of its own.
+    threads = LoadFollower(tokenizer.device.type)
     with tqdm(loader, desc="encoding", disable=not show_progress) as bar:
         for batch in bar:
+            threads.follow()
             codes = tokenizer.encode_levels(batch["image"].to(tokenizer.device))
             yield from grid_rows(codes, batch["label"].tolist(), batch["index"].tolist(), levels)
 

@@ -32,7 +32,6 @@ from typing import Any
 import yaml
 
 from core.config import Leaf, Rule, help_of, leaves, load_config, parse_overrides, rule_of
-from core.cpu_threads import configure_cpu_threads
 from core.errors import VqgenError
 from vqgen import __version__
 
@@ -503,7 +502,6 @@ def _echo(line: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    configure_cpu_threads()  # before anything imports torch: OpenMP reads its settings once, at load
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     stray = [a for a in rest if not (a.startswith("--") and "=" in a)]
