@@ -48,7 +48,9 @@ class LoadFollower:
     def _sample(self) -> tuple[float, float, float]:
         """(wall time, the machine's busy CPU seconds, this process tree's CPU seconds)."""
         machine = psutil.cpu_times()
-        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        # Linux counts guest (VM) time inside user and nice as well: subtract it once.
+        not_busy = ("idle", "iowait", "guest", "guest_nice")
+        busy = sum(machine) - sum(getattr(machine, field, 0.0) for field in not_busy)
         own = 0.0
         for process in (self.me, *self.me.children(recursive=True)):
             try:
