@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -94,18 +95,21 @@ def headless_page(url: str, size: tuple[int, int] = WINDOW, chromium: str = "chr
     """A headless chromium tab showing `url`, closed on exit."""
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still touch the profile as it is removed: a leftover file in /tmp
+    # must not fail the caller.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         # --no-sandbox: chromium refuses to start as root otherwise (CI and these machines run as root).
+        # Its own session, so that the renderer and other helpers stop with it (they write to the profile).
         browser = subprocess.Popen([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                                     "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             with connect(_devtools_url(Path(profile), browser), max_size=None) as ws:
                 page = Page(ws)
                 page.open(url, size)
                 yield page
         finally:
-            browser.terminate()
+            os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(30)
 
 
