@@ -12,7 +12,7 @@ run's classifier (RUN/classifier) when it trained one. Reference and floor stati
 the statistics cache ($VQGEN_CACHE), so a second run spends its time on the samples only.
 
 Not part of `make bench`: it needs a run and takes an hour. Prints one JSON line and writes it to
-bench/results/quality.json.
+bench/results/quality_<run folder name>.json (one file per run scored).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from sampling.generate import SampleConfig
 from vqgen.pipeline import PipelineConfig
 
 N = 10_000  # samples, and test images: the protocol of Lucic et al. (2018) and the tables after it
-RESULT = Path(__file__).parent / "results" / "quality.json"
+RESULTS = Path(__file__).parent / "results"
 RUN_PARTS = ("config.yaml", "tokenizer/model", "prior/model")
 # The scores, a line for each one that is unavailable (kid, precision_recall), and the protocol.
 INCEPTION_KEYS = ("fid", "sfid", "kid_mean", "kid_std", "kid", "precision", "recall", "density", "coverage",
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         record = measure(args.run)
     except VqgenError as err:
         raise SystemExit(f"bench.quality: error: {err}") from None
-    write_json(RESULT, record)
+    write_json(RESULTS / f"quality_{args.run.resolve().name}.json", record)
     print(json.dumps(record, sort_keys=True))
 
 
