@@ -8,11 +8,12 @@ those of any data split, so they come from the statistics cache (eval/cache.py) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from core.data import DataConfig, ImageDataset, load_images
 from core.errors import VqgenError
@@ -29,29 +30,54 @@ from eval.cache import StatsCache
 from eval.data_stats import BATCH_SIZE, data_batches, protocol, split_stats
 from eval.inception import extract_features, find_weights, network_loader
 from eval.scores import frechet_distance
-from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores
+from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, top_only_reconstruction
 from stage1_vqvae.load import load_tokenizer, tokenizer_folder
-from stage1_vqvae.model import VQVAE
+from stage1_vqvae.model import BOTTOM, VQVAE
 
 logger = logging.getLogger(__name__)
 
+TOP_ONLY_PNG = "reconstructions_top_only.png"  # two levels: what the top grid alone holds
 
-def tokenizer_metrics(tokenizer: VQVAE, data: DataConfig, split: str = "val", batch_size: int = BATCH_SIZE) -> dict:
+
+def tokenizer_metrics(tokenizer: VQVAE, data: DataConfig, split: str = "val", batch_size: int = BATCH_SIZE,
+                      n: int = 0) -> dict:
     """Mean per-image PSNR and SSIM (images in [0, 1]), codebook usage (% of K used) and the
-    perplexity of the code histogram, over the whole split (stage 1's own evaluation pass)."""
-    loader = DataLoader(load_images(data, split), batch_size=batch_size)
+    perplexity of the code histogram (two levels: each level's, `top/usage`, `bottom/perplexity`, ...),
+    over the first n images of the split (0: the whole split; stage 1's own evaluation pass)."""
+    loader = DataLoader(_first(load_images(data, split), n), batch_size=batch_size)
     scores = tokenizer_scores(tokenizer, (batch["image"].to(tokenizer.device) for batch in loader))
-    return {name: scores[name] for name in ("psnr", "ssim", "usage", "perplexity", "n_images")} | {"split": split}
+    return {name: value for name, value in scores.items() if name != "mse"} | {"split": split}
+
+
+def _first(dataset: ImageDataset, n: int) -> Dataset:
+    """The first n images of `dataset` (0: all of them)."""
+    return Subset(dataset, range(min(n, len(dataset)))) if n else dataset
+
+
+def _image_batches(tokenizer: VQVAE, dataset: ImageDataset, n: int) -> Iterator[torch.Tensor]:
+    """The float (B, C, H, W) batches of the first n images of `dataset`, as training saw them, on the
+    tokenizer's device."""
+    for batch in DataLoader(_first(dataset, n), batch_size=BATCH_SIZE):
+        yield batch["image"].to(tokenizer.device)
 
 
 @torch.no_grad()
 def reconstructions(tokenizer: VQVAE, dataset: ImageDataset, n: int) -> list[torch.Tensor]:
-    """uint8 (B, C, H, W) batches of the reconstructions of the first n images of `dataset`."""
-    recons = []
-    for batch in DataLoader(Subset(dataset, range(n)), batch_size=BATCH_SIZE):
-        images = batch["image"].to(tokenizer.device)  # the float images, as training saw them
-        recons.append(to_uint8(tokenizer.decode_codes(tokenizer.encode(images))))
-    return recons
+    """uint8 (B, C, H, W) batches of the reconstructions of the first n images of `dataset` (from
+    every level's codes)."""
+    return [to_uint8(tokenizer.decode_levels(tokenizer.encode_levels(images)))
+            for images in _image_batches(tokenizer, dataset, n)]
+
+
+@torch.no_grad()
+def top_only_reconstructions(tokenizer: VQVAE, dataset: ImageDataset, n: int) -> list[torch.Tensor]:
+    """Two levels: uint8 batches of the first n images of `dataset` decoded from their top codes alone,
+    every bottom code set to the most frequent bottom code of those n images (one code for all, so
+    the pictures differ only by what the top grid holds)."""
+    batches = list(_image_batches(tokenizer, dataset, n))
+    bottom = torch.cat([tokenizer.encode_levels(images)[BOTTOM].flatten() for images in batches])
+    code = int(torch.bincount(bottom).argmax())  # ties: the lowest code
+    return [to_uint8(top_only_reconstruction(tokenizer, images, code)) for images in batches]
 
 
 def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None = None, split: str = "val",
@@ -69,11 +95,24 @@ def rfid(tokenizer: VQVAE, data: DataConfig, n: int, weights: str | Path | None 
 
 def save_side_by_side(tokenizer: VQVAE, data: DataConfig, path: Path, n: int = 64, cols: int = 8) -> None:
     """Rows of `cols` pairs: each val image, then its reconstruction at its right."""
-    dataset = load_images(data, "val")
-    n = min(n, len(dataset))
-    originals = torch.cat(list(data_batches(dataset, n))).float() / 255.0
-    recons = torch.cat(reconstructions(tokenizer, dataset, n)).float() / 255.0
+    dataset, originals = _val_originals(data, n)
+    recons = torch.cat(reconstructions(tokenizer, dataset, len(originals))).float() / 255.0
     save_reconstruction_grid(originals, recons, path, cols, layout="beside")
+
+
+def save_top_only(tokenizer: VQVAE, data: DataConfig, path: Path, n: int = 64, cols: int = 8) -> None:
+    """Two levels: groups of three rows of `cols` val images: the images, their full reconstructions,
+    and their reconstructions from the top codes alone (`top_only_reconstructions`), as stage 1's val grid."""
+    dataset, originals = _val_originals(data, n)
+    versions = [torch.cat(make(tokenizer, dataset, len(originals))).float() / 255.0
+                for make in (reconstructions, top_only_reconstructions)]
+    save_reconstruction_grid(originals, versions, path, cols, layout="rows")
+
+
+def _val_originals(data: DataConfig, n: int) -> tuple[ImageDataset, torch.Tensor]:
+    """The val split and its first n images (N, C, H, W) as floats in [0, 1]."""
+    dataset = load_images(data, "val")
+    return dataset, torch.cat(list(data_batches(dataset, min(n, len(dataset))))).float() / 255.0
 
 
 def reconstruct(
@@ -82,16 +121,18 @@ def reconstruct(
 ) -> dict[str, Any]:
     """`vqgen reconstruct`: OUT/reconstructions.png (n val images, each beside its reconstruction) and
     OUT/metrics.json (PSNR/SSIM/usage over the whole val split, rFID over rfid_n images, 0: n; the
-    originals' statistics from `cache` when it holds them). OUT is written whole, as a new folder or
-    over one reconstruct wrote before."""
+    originals' statistics from `cache` when it holds them). A two-level tokenizer adds
+    OUT/reconstructions_top_only.png (`save_top_only`), and its usage and perplexity are per level.
+    OUT is written whole, as a new folder or over one reconstruct wrote before."""
     out = Path(out)
     if n < 1 or rfid_n < 0:
         raise VqgenError(f"reconstruct: need --n >= 1 and --rfid-n >= 0 (0: --n); got {n} and {rfid_n}")
     model = load_tokenizer(tokenizer)
-    model.config.refuse_two_levels(f"reconstruct: {tokenizer}")  # before the output folder is claimed
     with claim_output(out, "reconstruct"), disk_full_is_user_error(out, REPLACED_WHOLE), \
             atomic_path(out, is_dir=True) as tmp:
         save_side_by_side(model, data, tmp / "reconstructions.png", n)
+        if model.config.levels == 2:
+            save_top_only(model, data, tmp / TOP_ONLY_PNG, n)
         metrics = tokenizer_metrics(model, data) | rfid(model, data, rfid_n or n, weights, cache=cache)
         metrics["tokenizer_sha256"] = sha256_file(tokenizer_folder(tokenizer) / "model.safetensors")
         write_json(tmp / "metrics.json", metrics)

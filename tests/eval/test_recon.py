@@ -6,8 +6,10 @@ import torch
 from PIL import Image
 
 from core.data import DataConfig, load_images
+from core.pixels import to_uint8
 from eval.data_stats import data_batches
-from eval.recon import reconstruct, reconstructions, save_side_by_side, tokenizer_metrics
+from eval.recon import reconstruct, reconstructions, save_side_by_side, save_top_only, tokenizer_metrics
+from stage1_vqvae.evaluate import top_only_reconstruction
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 
 
@@ -60,3 +62,29 @@ def test_cli_reconstruct_takes_rfid_n(tokenizer_dir, tmp_path, pngs, random_pth)
                "--out", str(out), "--n", "2", "--rfid-n", "4", "--inception-weights", str(random_pth)])
     saved = json.loads((out / "metrics.json").read_text())
     assert rc == 0 and saved["rfid_n"] == 4 and saved["n_images"] == 5 and saved["weights_source"] == "pytorch-fid"
+
+
+def test_a_two_level_tokenizer_gets_per_level_scores_and_its_top_only_rows(tmp_path, pngs):
+    torch.manual_seed(0)
+    model = VQVAE(VQVAEConfig(base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=16, levels=2,
+                              top_quantizer={"codebook_size": 8})).eval()  # 8x8 top codes over 16x16 bottom codes
+    pngs(tmp_path / "data" / "train", 2, 32, seed=1)
+    pngs(tmp_path / "data" / "val", 5, 32, seed=2)
+    data = DataConfig(spec=f"folder:{tmp_path / 'data'}")
+    scores = tokenizer_metrics(model, data, batch_size=2)
+    assert scores["n_images"] == 5 and "usage" not in scores
+    assert all(0 < scores[f"{lv}/usage"] <= 100 and 1 <= scores[f"{lv}/perplexity"] <= k
+               for lv, k in (("top", 8), ("bottom", 16)))
+    save_top_only(model, data, tmp_path / "t.png", n=4, cols=2)
+    grid = np.asarray(Image.open(tmp_path / "t.png"))[..., 0]
+    assert grid.shape == (2 * 3 * 33 + 1, 2 * 33 + 1)  # 2 groups of 3 rows (images, full, top only) of 2 tiles
+    val = load_images(data, "val")
+    images = torch.stack([val[i]["image"] for i in range(4)])
+    mode = int(torch.bincount(model.encode_levels(images)["bottom"].flatten()).argmax())  # over all 4 images
+    expected = {"full": torch.cat(reconstructions(model, val, 4)),
+                "top only": to_uint8(top_only_reconstruction(model, images, mode))}
+    tile = lambda row, col: grid[1 + 33 * row : 33 * (row + 1), 1 + 33 * col : 33 * (col + 1)]  # noqa: E731
+    for i in range(4):
+        group, col = divmod(i, 2)
+        assert np.array_equal(tile(3 * group + 1, col), expected["full"][i, 0].numpy())
+        assert np.array_equal(tile(3 * group + 2, col), expected["top only"][i, 0].numpy())

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from core.data import DataConfig
 from core.errors import VqgenError
 from core.loop import TrainConfig, fit
-from eval.recon import reconstruct
 from stage1_vqvae.evaluate import save_reconstruction_grid, tokenizer_scores, top_only_reconstruction
 from stage1_vqvae.load import load_tokenizer
 from stage1_vqvae.losses import AdversarialConfig, LossConfig
@@ -214,10 +213,3 @@ def test_the_command_line_refuses_two_level_settings_before_any_work(tmp_path, c
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "data.image_size=18 is not a multiple of" in err
     assert not (tmp_path / "tok").exists()
-
-
-def test_reconstruct_refuses_a_two_level_tokenizer_before_writing(tmp_path):
-    tiny().save_pretrained(tmp_path / "tok")
-    with pytest.raises(VqgenError, match=r"^reconstruct: .*tok: this is a two-level tokenizer"):
-        reconstruct(tmp_path / "tok", DataConfig(spec="folder:/nowhere", image_size=16), tmp_path / "out")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok"]
