@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from core.code_grids import GridLevel, describe_levels
 from core.config import check
 from core.data import load_images
 from core.distributed import process_state
@@ -26,7 +27,8 @@ from eval.inception import find_weights
 from sampling.generate import UNCOND, GridSpec, check_config, plan_labels
 from sampling.samplers import sampler_for
 from stage1_vqvae.train import build_model_config, check_loss_settings, model_settings
-from stage2_prior.train import build_prior
+from stage2_prior.registry import prior_kind
+from stage2_prior.train import build_prior_levels
 from stage2_prior.vocab import PriorVocab
 
 if TYPE_CHECKING:
@@ -83,17 +85,19 @@ def _check_batches(cfg: PipelineConfig, facts: DataFacts, classifier: bool) -> N
 
 
 def _check_models(cfg: PipelineConfig, facts: DataFacts) -> None:
-    """The tokenizer's config, the prior for its codebook, grid and the data's classes, and the
-    settings the prior's sampler takes (MaskGIT's steps within T, no KV cache; no steps for an AR prior)."""
+    """The tokenizer's config, the prior for its levels (grids and codebooks) and the data's classes,
+    and the settings the prior's sampler takes (MaskGIT's steps within T, no KV cache; no steps for an
+    AR prior)."""
     tokenizer = build_model_config(model_settings(cfg.tokenizer), cfg.data, facts.channels)
     check_loss_settings(cfg.tokenizer)  # LPIPS weights found, no Inception backbone, a patch left
-    if tokenizer.levels != 1:
-        raise VqgenError(f"tokenizer.model.levels={tokenizer.levels}: this version's priors, sampling and evaluation take "
-                         "one grid of codes, so the pipeline needs tokenizer.model.levels=1 (a two-level tokenizer "
-                         "trains on its own with `vqgen train-tokenizer --model.levels=2`)")
-    spec = GridSpec(PriorVocab(tokenizer.codebook_size, facts.num_classes), tokenizer.grid_size, tokenizer.grid_size)
+    levels = [GridLevel(s.name, s.grid_h, s.grid_w, s.codebook_size) for s in tokenizer.level_specs]
+    if len(levels) > prior_kind(cfg.prior.arch).max_levels:
+        raise VqgenError(f"prior.arch={cfg.prior.arch} takes one grid of codes in this version, and "
+                         f"tokenizer.model.levels={len(levels)} makes {describe_levels(levels)}; use prior.arch=gpt, "
+                         "which models both levels, or tokenizer.model.levels=1")
+    spec = GridSpec.of_levels(PriorVocab.of_levels([lv.codebook_size for lv in levels], facts.num_classes), levels)
     with torch.device("meta"):
-        build_prior(cfg.prior, spec.vocab, spec.grid_h, spec.grid_w)
+        build_prior_levels(cfg.prior, spec.vocab, levels)
     sampler_for(cfg.prior.arch).check(cfg.sample, spec, f"prior.arch={cfg.prior.arch}")
 
 

@@ -23,6 +23,7 @@ def config(folder, *changes: str):
 def test_a_good_config_passes(folder):
     check_pipeline(config(folder))
     check_pipeline(config(folder, "--prior.arch=pixelcnn", "--sample.per_class=0", "--sample.n=8"))
+    check_pipeline(config(folder, "--tokenizer.model={levels: 2, top_factor: 4}"))  # a 2x2 top grid over 8x8
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,12 @@ def test_a_good_config_passes(folder):
         (["--tokenizer.model={channel_mult: [1, 2, 2, 2, 2, 2]}"],
          "data.image_size=16 is not a multiple of the tokenizer's downsampling factor 32"),
         (["--tokenizer.model={codebook_size: 0}"], "codebook_size"),
-        (["--tokenizer.model={levels: 2}"], "tokenizer.model.levels=2: this version's priors"),
+        (["--tokenizer.model={levels: 2}", "--prior.arch=maskgit", "--sample.per_class=0", "--sample.n=8"],
+         "prior.arch=maskgit takes one grid of codes in this version, and tokenizer.model.levels=2 makes top 4x4 (K=64), "
+         "bottom 8x8 (K=64); use prior.arch=gpt, which models both levels, or tokenizer.model.levels=1"),
+        (["--tokenizer.model={levels: 2, channel_mult: [1, 2, 2, 2, 2]}"],  # a 1x1 bottom grid has no top grid
+         "data.image_size=16 is not a multiple of the tokenizer's downsampling factor 32; use a multiple of 32 or fewer "
+         "model.channel_mult entries, a smaller model.top_factor or model.levels=1"),
         (["--sample.cfg_scale=2", "--prior.label_dropout=0"], "sample.cfg_scale=2.0 needs the unconditional token"),
         (["--sample.classes=[-1, 0]", "--prior.label_dropout=0"], "sample.classes -1 needs the unconditional token"),
         (["--eval.rfid_n=0", "--eval.recon_n=1"], "eval.rfid_n=0 scores eval.recon_n=1 val image; rFID needs 2"),
