@@ -24,7 +24,7 @@ from eval.cache import StatsCache
 from eval.classifier import ClassifierRunConfig, train_classifier
 from eval.classifier_fid import classifier_fid
 from eval.fid import fid
-from eval.recon import reconstruct
+from eval.recon import TOP_ONLY_PNG, reconstruct
 from sampling.decode import FREE_SETTINGS, sample
 from sampling.generate import SampleConfig
 from stage1_vqvae.codes import dump_codes
@@ -185,7 +185,9 @@ def _reconstruct(ctx: _Context) -> dict[str, Any]:
     folder = ctx.out / "eval" / "reconstruct"
     metrics = reconstruct(ctx.tokenizer, ctx.cfg.data, folder, n=ctx.cfg.eval.recon_n,
                           weights=ctx.inception_weights, rfid_n=ctx.cfg.eval.rfid_n, cache=ctx.cache)
-    shutil.copyfile(folder / "reconstructions.png", ctx.out / "reconstructions.png")
+    for picture in ("reconstructions.png", TOP_ONLY_PNG):  # the top-only one: two-level tokenizers only
+        if (folder / picture).is_file():
+            shutil.copyfile(folder / picture, ctx.out / picture)
     return metrics
 
 

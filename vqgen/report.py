@@ -1,7 +1,9 @@
 """The pipeline's run report: metrics.json, curves.png and report.md, from the stage records.
 
 Inception scores, classifier scores and tokenizer scores come from different networks and data;
-the report keeps them in separate tables so no reader mixes them.
+the report keeps them in separate tables so no reader mixes them. A two-level tokenizer's run
+(VQ-VAE-2) adds each level's usage and the prior's bits/token per level, and the reconstructions from
+the top codes alone beside the full ones; a one-level run's report is as it was before levels existed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from core.code_grids import LEVEL_NAMES
 from core.markdown import cell, table
 from core.runs import MetricsLog, atomic_path, write_json
+from eval.recon import TOP_ONLY_PNG
 from eval.report import protocol_lines, with_floor
 from stage2_prior.registry import Objective, prior_kind
 
@@ -38,7 +42,7 @@ def write_run_report(out: Path, records: dict[str, dict[str, Any]]) -> Path:
     summary = summarize(records)
     write_json(out / "metrics.json", {"summary": summary, "stages": records, "versions": versions(),
                                       "machine": machine()})
-    plot_curves(out, out / "curves.png", run_curves(records.get("prior", {})) + gan_curves(out))
+    plot_curves(out, out / "curves.png", run_curves(records.get("prior", {}), run_levels(records)) + gan_curves(out))
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(markdown(out, summary, records))
     return out / "report.md"
@@ -50,10 +54,25 @@ def prior_objective(prior: dict[str, Any]) -> Objective:
     return prior_kind(prior.get("arch", "gpt")).objective
 
 
-def run_curves(prior: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """CURVES with the prior's own val curve: bits/token, or a masked prior's masked-code NLL."""
+def run_curves(prior: dict[str, Any], levels: tuple[str, ...] = ()) -> list[tuple[str, str | tuple[str, ...], str]]:
+    """CURVES with the prior's own val curve: bits/token, or a masked prior's masked-code NLL; with two
+    `levels`, each val curve also draws each level's (`val/top/usage`, `val/bottom/bits_per_token`, ...)."""
     key, title = prior_objective(prior).curve
-    return [("prior", key, title) if curve[1] == "val/bits_per_token" else curve for curve in CURVES]
+    curves = [("prior", key, title) if curve[1] == "val/bits_per_token" else curve for curve in CURVES]
+    return [(stage, (metric, *(level_metric(metric, lv) for lv in levels)), name)
+            if levels and metric.startswith("val/") else (stage, metric, name) for stage, metric, name in curves]
+
+
+def run_levels(records: dict[str, dict[str, Any]]) -> tuple[str, ...]:
+    """The tokenizer's level names when it has two (its records hold `top/usage`, ...), else ()."""
+    tok, recon = records.get("tokenizer", {}), records.get("reconstruct", {})
+    return tuple(lv for lv in LEVEL_NAMES[2] if f"{lv}/usage" in recon or f"val/{lv}/usage" in tok)
+
+
+def level_metric(key: str, level: str) -> str:
+    """A metric's name for one level: val/bits_per_token -> val/top/bits_per_token, usage -> top/usage."""
+    prefix, _, name = key.rpartition("/")
+    return f"{prefix}/{level}/{name}" if prefix else f"{level}/{name}"
 
 
 def gan_curves(run: Path) -> list[tuple[str, str | tuple[str, ...], str]]:
@@ -78,8 +97,22 @@ def summarize(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "prior_val": {key: prior.get(key) for key, _ in prior_objective(prior).report_rows},
         "stage_seconds": {name: r.get("seconds") for name, r in records.items()},
     }
+    levels = run_levels(records)
+    if levels:
+        summary["levels"] = {lv: level_summary(lv, tok, recon, prior) for lv in levels}
     summary.update({k: v for k, v in clf.items() if k.startswith("classifier ")})
     return summary
+
+
+def level_summary(level: str, tok: dict[str, Any], recon: dict[str, Any], prior: dict[str, Any]) -> dict[str, Any]:
+    """One level's headline numbers: its codebook usage and perplexity (the reconstruct stage's, over the
+    val split, else the tokenizer's last val pass) and the prior's val bits/token on its codes."""
+    def tokenizer_value(name: str) -> Any:
+        return recon.get(level_metric(name, level), tok.get(level_metric(f"val/{name}", level)))
+
+    return {"tokenizer_usage_pct": tokenizer_value("usage"), "tokenizer_perplexity": tokenizer_value("perplexity"),
+            "prior_bits_per_token": prior.get(level_metric("val/bits_per_token", level)),
+            "unigram_bits_per_token": prior.get(level_metric("val/unigram_bits", level))}
 
 
 def versions() -> dict[str, str]:
@@ -143,13 +176,39 @@ def markdown(out: Path, summary: dict[str, Any], records: dict[str, dict[str, An
     if classifier:
         lines += ["## Samples, small-data classifier (not comparable with Inception numbers)", "",
                   *table(classifier + _classifier_protocol(records["classifier"]))]
-    lines += ["## Tokenizer", "", "![reconstructions](reconstructions.png)", "",
+    lines += ["## Tokenizer", "", "![reconstructions](reconstructions.png)", "", *_top_only_lines(out, summary),
               *table([("rFID (Inception)", summary["rfid"]), ("rFID images", summary["rfid_n"]),
                       ("PSNR (dB)", summary["tokenizer_psnr"]), ("SSIM", summary["tokenizer_ssim"]),
-                      ("codebook usage %", summary["tokenizer_usage_pct"])]),
+                      *_usage_rows(summary)]),
               "## Prior", "",
-              *table([(label, records.get("prior", {}).get(key)) for key, label in
-                      prior_objective(records.get("prior", {})).report_rows]),
+              *table(_prior_rows(records.get("prior", {}), tuple(summary.get("levels", ())))),
               "![curves](curves.png)", "", "## Time", "",
               *table(summary["stage_seconds"].items(), header=("stage", "seconds"))]
     return "\n".join(lines)
+
+
+def _top_only_lines(out: Path, summary: dict[str, Any]) -> list[str]:
+    """Two levels: the reconstructions from the top codes alone, under the full ones."""
+    if "levels" not in summary or not (out / TOP_ONLY_PNG).is_file():
+        return []
+    return ["Two levels: in each group of three rows, val images, their full reconstructions, and their "
+            "reconstructions from the top codes alone (every bottom code set to the most frequent one): what the "
+            "top level holds.", "", f"![top-only reconstructions]({TOP_ONLY_PNG})", ""]
+
+
+def _usage_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Codebook usage: one row, or each level's usage and perplexity."""
+    if "levels" not in summary:
+        return [("codebook usage %", summary["tokenizer_usage_pct"])]
+    return [row for lv, values in summary["levels"].items() for row in
+            ((f"codebook usage % ({lv})", values["tokenizer_usage_pct"]),
+             (f"code perplexity ({lv})", values["tokenizer_perplexity"]))]
+
+
+def _prior_rows(prior: dict[str, Any], levels: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """The prior's report rows, each followed by each level's value where the prior logged one."""
+    rows = []
+    for key, label in prior_objective(prior).report_rows:
+        rows.append((label, prior.get(key)))
+        rows += [(f"{label} ({lv})", prior[level_metric(key, lv)]) for lv in levels if level_metric(key, lv) in prior]
+    return rows

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from core.config import load_config, parse_overrides
 from core.errors import VqgenError
 from vqgen.cli import main
-from vqgen.pipeline import PipelineConfig, resolved_yaml, stage_settings
+from vqgen.pipeline import PipelineConfig, resolved_yaml, run_pipeline, stage_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 
@@ -85,3 +86,36 @@ def test_stage_settings_ignore_runtime_only_keys():
     longer = load_config(PipelineConfig, None, ["--prior.train.steps=5"])
     assert stage_settings(cfg, "prior") != stage_settings(longer, "prior")
     assert stage_settings(cfg, "tokenizer") == stage_settings(longer, "tokenizer")
+
+
+def test_a_two_level_pipeline_reports_each_level(folder, tmp_path):
+    """VQ-VAE-2 end to end on 16x16 images (4x4 top codes, K=32, over 8x8 bottom codes, K=64): every stage
+    runs, and the report shows each level's usage, the prior's bits/token per level and the top-only pictures."""
+    out = tmp_path / "run"
+    tiny = ["--tokenizer.preset=tiny", "--tokenizer.model={levels: 2, top_quantizer: {codebook_size: 32}}",
+            "--prior.model={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1}"]
+    steps = [f"--{stage}.train.{key}={value}" for stage in ("tokenizer", "prior", "eval.classifier")
+             for key, value in (("steps", 2), ("batch_size", 8), ("eval_every", 2))]
+    cfg = load_config(PipelineConfig, None, [f"--data.spec=folder:{folder}", "--data.image_size=16",
+                                             "--data.val_fraction=0.25", *tiny, *steps, "--prior.train.warmup_steps=1",
+                                             "--eval.classifier.widths=[8, 16]", "--sample.per_class=2",
+                                             "--eval.inception_n=4", "--eval.ref_n=4", "--eval.rfid_n=4",
+                                             "--eval.recon_n=4"])
+    run_pipeline(cfg, out)
+    for name in ("reconstructions.png", "reconstructions_top_only.png", "eval/reconstruct/reconstructions_top_only.png",
+                 "samples/grid.png", "classifier/model/model.safetensors"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "reconstructions_top_only.png") as grid:  # 3 rows (images, full, top only) of 4 tiles
+        assert grid.size == (4 * 17 + 1, 3 * 17 + 1)
+    stages = json.loads((out / "metrics.json").read_text())["stages"]
+    levels = json.loads((out / "metrics.json").read_text())["summary"]["levels"]
+    assert sorted(levels) == ["bottom", "top"]
+    for lv, k in (("top", 32), ("bottom", 64)):
+        assert levels[lv]["tokenizer_usage_pct"] == stages["reconstruct"][f"{lv}/usage"] > 0
+        assert 1 <= levels[lv]["tokenizer_perplexity"] <= k
+        assert levels[lv]["prior_bits_per_token"] == stages["prior"][f"val/{lv}/bits_per_token"] > 0
+    report = (out / "report.md").read_text()
+    assert "![top-only reconstructions](reconstructions_top_only.png)" in report
+    for row in ("codebook usage % (top)", "codebook usage % (bottom)", "val bits/token (top)", "val bits/token (bottom)"):
+        assert f"| {row} |" in report
+    assert "| codebook usage % |" not in report
