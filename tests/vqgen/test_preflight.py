@@ -47,7 +47,7 @@ def test_a_good_config_passes(folder):
         (["--tokenizer.model={codebook_size: 0}"], "codebook_size"),
         (["--tokenizer.model={levels: 2}", "--prior.arch=maskgit", "--sample.per_class=0", "--sample.n=8"],
          "prior.arch=maskgit takes one grid of codes in this version, and tokenizer.model.levels=2 makes top 4x4 (K=64), "
-         "bottom 8x8 (K=64); use prior.arch=gpt, which models both levels, or tokenizer.model.levels=1"),
+         "bottom 8x8 (K=64); use prior.arch=gpt"),
         (["--tokenizer.model={levels: 2, channel_mult: [1, 2, 2, 2, 2]}"],  # a 1x1 bottom grid has no top grid
          "data.image_size=16 is not a multiple of the tokenizer's downsampling factor 32; use a multiple of 32 or fewer "
          "model.channel_mult entries, a smaller model.top_factor or model.levels=1"),
