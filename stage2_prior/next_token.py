@@ -36,8 +36,13 @@ def gpt_logits(model: torch.nn.Module, vocab: PriorVocab, codes: Codes, index: T
     return gpt_token_logits(model, vocab.tokens(codes), vocab.cond_token(index))
 
 
-def pixelcnn_logits(model: torch.nn.Module, vocab: PriorVocab, codes: Tensor, index: Tensor) -> Tensor:
-    return rearrange(model(codes, index).logits, "b h w k -> b (h w) k")
+def pixelcnn_logits(model: torch.nn.Module, vocab: PriorVocab, codes: Codes, index: Tensor) -> Tensor:
+    """The PixelCNN's logits per level (B, h, w, K_l), each level's placed in its vocabulary range of the
+    sequence's logits (B, T, K), as the GPT's are; the other levels' codes get -inf (`by_level` keeps
+    each level's range only). One level: its logits, as they are."""
+    levels = zip(level_grids(model(codes, index).level_logits()).values(), vocab.level_ranges)
+    return torch.cat([F.pad(rearrange(logits, "b h w k -> b (h w) k"), (span.start, vocab.codebook_size - span.stop),
+                            value=float("-inf")) for logits, span in levels], dim=1)
 
 
 def by_level(vocab: PriorVocab, logits: Tensor, codes: Codes) -> Iterator[tuple[str, Tensor, Tensor]]:

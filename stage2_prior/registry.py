@@ -72,8 +72,8 @@ def _gpt(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) ->
 
 
 def _pixelcnn(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) -> PreTrainedModel:
-    (level,) = levels  # PriorTask refuses a two-level folder for this arch (`check_levels`)
-    return build_pixelcnn(cfg.preset, vocab.codebook_size, vocab.num_classes, level.grid_h, level.grid_w, **cfg.model)
+    *top, grid = levels  # two levels: the bottom grid's PixelCNN, conditioned on the top grid
+    return build_pixelcnn(cfg.preset, grid.codebook_size, vocab.num_classes, grid.grid_h, grid.grid_w, *top, **cfg.model)
 
 
 def _maskgit(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]) -> PreTrainedModel:
@@ -93,7 +93,7 @@ PRIORS: dict[str, PriorKind] = {
     "gpt": PriorKind(_gpt, AutoModelForCausalLM, (LlamaConfig.model_type, GPT2Config.model_type),
                      _checked_by_its_class, NextToken(gpt_logits), max_levels=2),
     "pixelcnn": PriorKind(_pixelcnn, PixelCNNPrior, (PixelCNNConfig.model_type,), _checked_by_its_class,
-                          NextToken(pixelcnn_logits), max_levels=1),
+                          NextToken(pixelcnn_logits), max_levels=2),
     "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens(),
                          max_levels=1),
 }
@@ -109,9 +109,11 @@ def prior_kind(arch: str, source: str = "prior.arch") -> PriorKind:
 
 def check_levels(arch: str, levels: Sequence[GridLevel], source: str) -> None:
     """Refuse, in one line naming `source`, levels `arch` cannot model (a two-level folder or prior
-    for an arch whose two-level version is not in this version)."""
+    for an arch whose two-level version is not in this version), naming the archs that can."""
     if len(levels) > prior_kind(arch).max_levels:
+        able = [name for name, kind in PRIORS.items() if kind.max_levels >= len(levels)]
         raise VqgenError(
             f"{source}: holds {len(levels)} levels ({describe_levels(levels)}), but arch {arch} takes one level in "
-            "this version (its two-level version comes later); use arch gpt (--arch gpt), which models both levels"
+            f"this version (its two-level version comes later); use arch {' or '.join(able)} "
+            f"({' or '.join(f'--arch {name}' for name in able)}), which model both levels"
         )

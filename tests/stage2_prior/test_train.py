@@ -193,9 +193,10 @@ def test_trained_folder_loads_with_plain_transformers(tmp_path, codes):
     assert bool((got["sampled"][:, 1:] < K).all()), "plain generate() must only emit codes"
 
 
-@pytest.mark.parametrize("arch", ["pixelcnn", "maskgit"])
+@pytest.mark.parametrize("arch", ["maskgit"])
 def test_a_two_level_folder_is_refused_for_a_one_level_arch_before_any_work(tmp_path, arch):
-    """Only the GPT models two levels in this version (tests/stage2_prior/test_two_levels.py)."""
+    """Only the GPT and the PixelCNN model two levels in this version (tests/stage2_prior/test_two_levels.py,
+    test_pixelcnn_two_levels.py)."""
     sys.path.insert(0, str(Path(__file__).parents[1] / "core"))
     from code_grids_folder import TWO, write_grids
 
@@ -204,8 +205,8 @@ def test_a_two_level_folder_is_refused_for_a_one_level_arch_before_any_work(tmp_
         train_prior(config(codes, arch), tmp_path / "run")
     assert str(err.value) == (
         f"{codes / 'vqgen_codes.json'}: holds 2 levels (top 2x2 (K=512), bottom 4x4 (K=70000)), but arch {arch} "
-        "takes one level in this version (its two-level version comes later); use arch gpt (--arch gpt), which "
-        "models both levels")
+        "takes one level in this version (its two-level version comes later); use arch gpt or pixelcnn (--arch gpt "
+        "or --arch pixelcnn), which model both levels")
     assert not (tmp_path / "run").exists()
 
 

@@ -136,7 +136,8 @@ def test_a_one_level_prior_file_from_before_levels_reads_as_one_level(tmp_path):
 
 
 @pytest.mark.parametrize("arch, levels, message", [
-    ("pixelcnn", None, "holds 2 levels (top 2x2 (K=8), bottom 4x4 (K=16)), but arch pixelcnn takes one level"),
+    ("maskgit", None, "holds 2 levels (top 2x2 (K=8), bottom 4x4 (K=16)), but arch maskgit takes one level in this "
+     "version (its two-level version comes later); use arch gpt or pixelcnn"),
     ("gpt", [{"name": "top", "grid_h": 2, "grid_w": 2}], "levels must list one level named codes or two"),
     ("gpt", [{"name": "bottom", "grid_h": 2, "grid_w": 2, "codebook_size": 8}], "levels must list one level"),
 ])
