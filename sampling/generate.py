@@ -14,7 +14,8 @@ Each prior's registry entry (`stage2_prior.registry`) names its `Sampler`: the M
 A two-level GPT prior draws one sequence [cond, top codes, bottom codes] in a single pass (top
 first, then bottom, with one KV cache): each position draws only from its own level's token range
 (`stage2_prior.vocab`), and everything else (guidance, its schedule over all the draws, the
-filters, the per-sample streams) is as for one level.
+filters, the per-sample streams) is as for one level. A two-level PixelCNN draws the top grid, runs
+its conditioning stack on it once, then draws the bottom grid: the same draws in the same order.
 """
 
 from __future__ import annotations
@@ -305,30 +306,57 @@ def generate_gpt(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices
     return spec.split(tokens)
 
 
+def _draw_raster(logits_of: Callable[[Tensor], Tensor], codes: Tensor, start: int, scales: list[float],
+                 cfg: SampleConfig, noise: SampleNoise, guided: bool) -> Tensor:
+    """Fill codes (R, h, w) in raster order from position `start` on, in place: each code drawn from
+    logits_of(codes) (R, h, w, K) at its position, the whole grid recomputed each step (van den Oord
+    et al. 2016), position t guided at scales[t]."""
+    w = codes.shape[2]
+    for t in range(start, codes.shape[1] * w):
+        i, j = divmod(t, w)
+        codes[:, i, j] = both_halves(_draw(logits_of(codes)[:, i, j], scales[t], cfg, noise, guided), guided)
+    return codes
+
+
 @torch.inference_mode()
 def generate_pixelcnn(model: torch.nn.Module, spec: GridSpec, labels: Tensor, indices: list[int],
-                      cfg: SampleConfig, given: Given | None = None) -> Tensor:
-    """Sample code grids from a PixelCNN prior in raster order, recomputing the grid each step
-    (van den Oord et al. 2016), after the kept raster prefix of `given`. labels (B,) (-1:
-    unconditional) -> codes (B, h, w) int64."""
+                      cfg: SampleConfig, given: Given | None = None) -> Codes:
+    """Sample code grids from a PixelCNN prior in raster order, after the kept raster prefix of
+    `given`. labels (B,) (-1: unconditional) -> codes (B, h, w) int64; two levels: {"top", "bottom"}
+    grids, the top drawn first, then the bottom conditioned on it."""
     device = next(model.parameters()).device
     guided = cfg.cfg_scale != 1.0
-    vocab, w = spec.vocab, spec.grid_w
+    vocab = spec.vocab
     index = vocab.class_index(labels).to(device)
     rows = condition_rows(index, torch.full_like(index, vocab.uncond_index), guided)
     noise = SampleNoise(cfg.seed, indices, device)
-    codes = torch.zeros(len(rows), spec.grid_h, w, dtype=torch.long, device=device)
+    # Guidance is scheduled over every draw of every level, as the two-level GPT's is (`spec.spans`).
+    scales = draw_scales(cfg, len(spec.spans))
+    if spec.levels:
+        assert given is None, "check_pair refuses to complete with a two-level prior"
+        return _pixelcnn_levels(model, spec, rows, scales, cfg, noise, guided, len(labels))
+    codes = torch.zeros(len(rows), spec.grid_h, spec.grid_w, dtype=torch.long, device=device)
     start = 0
     if given is not None:
         start = prefix_length(given.keep)
         kept = torch.where(given.keep, given.codes, 0)  # as in plain sampling, 0 where a code is still to draw
         codes[:] = both_halves(kept.to(device), guided)
-    scales = draw_scales(cfg, spec.grid_h * w)
-    for t in range(start, spec.grid_h * w):
-        i, j = divmod(t, w)
-        logits = model(codes, rows).logits[:, i, j, : vocab.codebook_size]
-        codes[:, i, j] = both_halves(_draw(logits, scales[t], cfg, noise, guided), guided)
+    _draw_raster(lambda grid: model(grid, rows).logits, codes, start, scales, cfg, noise, guided)
     return codes[: len(labels)]
+
+
+def _pixelcnn_levels(model: torch.nn.Module, spec: GridSpec, rows: Tensor, scales: list[float], cfg: SampleConfig,
+                     noise: SampleNoise, guided: bool, batch: int) -> dict[str, Tensor]:
+    """A two-level PixelCNN's draws for condition rows (R,): the top grid, then the bottom one seeing
+    the drawn top through the conditioning stack, run once for the batch -> {"top", "bottom"} (B, ...)."""
+    top_level, bottom_level = spec.levels
+    top = rows.new_zeros(len(rows), top_level.grid_h, top_level.grid_w)
+    _draw_raster(lambda grid: model.top_logits(grid, rows), top, 0, scales, cfg, noise, guided)
+    s = model.condition(top)  # the top is whole now: its features serve every bottom step
+    bottom = rows.new_zeros(len(rows), bottom_level.grid_h, bottom_level.grid_w)
+    first = top_level.grid_h * top_level.grid_w
+    _draw_raster(lambda grid: model.bottom(grid, rows, s), bottom, 0, scales[first:], cfg, noise, guided)
+    return {top_level.name: top[:batch], bottom_level.name: bottom[:batch]}
 
 
 GPT_SAMPLER = Sampler(generate_gpt, check_autoregressive, check_prefix)

@@ -1,6 +1,8 @@
 """Sampling a two-level GPT prior: top codes first, then bottom, in one pass over [cond, top, bottom],
 each position drawing only from its level's range; the KV cache, guidance and per-sample streams as
-for one level; and end to end from a two-level tokenizer's codes to PNGs, with the refusals."""
+for one level. A two-level PixelCNN: the top grid, then the bottom conditioned on it, with guidance and
+per-sample streams as for one level. Both end to end from a two-level tokenizer's codes to PNGs, with
+the refusals."""
 
 import dataclasses
 import json
@@ -17,10 +19,11 @@ from core.errors import VqgenError
 from core.loop import TrainConfig
 from sampling.completion_folder import complete
 from sampling.decode import sample
-from sampling.generate import GridSpec, SampleConfig, generate, generate_gpt
+from sampling.generate import GridSpec, SampleConfig, generate, generate_gpt, generate_pixelcnn
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.gpt import build_gpt_tokens
+from stage2_prior.pixelcnn import build_pixelcnn
 from stage2_prior.train import PriorRunConfig, train_prior
 from stage2_prior.vocab import PriorVocab
 from tests.tiny_generator import save_tokenizer
@@ -31,6 +34,7 @@ SPEC = GridSpec.of_levels(PriorVocab.of_levels([8, 16], N), LEVELS)
 LABELS = torch.tensor([0, 1, 2, -1, 0, 1])
 GPT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
 GPT2 = {"n_embd": 32, "n_inner": 64, "n_layer": 2, "n_head": 4}
+PIXELCNN = {"hidden_size": 8, "num_layers": 2, "head_size": 16, "kernel_size": 3}
 
 
 def tiny_gpt(family: str) -> torch.nn.Module:
@@ -48,8 +52,8 @@ def gpt(request):
     return tiny_gpt(request.param)
 
 
-def sample_all(model, cfg, labels=LABELS):
-    batches = list(generate(model, generate_gpt, SPEC, labels, list(range(len(labels))), cfg))
+def sample_all(model, cfg, labels=LABELS, draw=generate_gpt):
+    batches = list(generate(model, draw, SPEC, labels, list(range(len(labels))), cfg))
     return {name: torch.cat([b.codes[name] for b in batches]) for name in ("top", "bottom")}
 
 
@@ -96,6 +100,62 @@ def test_a_sample_depends_on_its_seed_and_index_only(gpt):
     assert not equal(runs[0], sample_all(gpt, dataclasses.replace(cfg, seed=4)))
 
 
+# ---- the two-level PixelCNN ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pixelcnn():
+    torch.manual_seed(0)
+    return build_pixelcnn("tiny", 16, N, 4, 4, LEVELS[0], **PIXELCNN).eval()
+
+
+def sample_pixelcnn(model, cfg, labels=LABELS):
+    return sample_all(model, cfg, labels, draw=generate_pixelcnn)
+
+
+def test_pixelcnn_draws_the_top_then_the_bottom_in_their_ranges(pixelcnn):
+    codes = sample_pixelcnn(pixelcnn, SampleConfig(seed=1, temperature=1.5))
+    assert codes["top"].shape == (6, 2, 2) and codes["bottom"].shape == (6, 4, 4)
+    assert 0 <= int(codes["top"].min()) and int(codes["top"].max()) < 8
+    assert 0 <= int(codes["bottom"].min()) and int(codes["bottom"].max()) < 16
+
+
+def pixelcnn_greedy_by_recompute(model, labels, scale):
+    """Independent reference: the model's full forward over both grids (its conditioning stack rerun on
+    the current top at every step), guided l_u + s (l_c - l_u), argmax; the top's codes, then the bottom's."""
+    index = SPEC.vocab.class_index(labels)
+    rows = torch.cat([index, torch.full_like(index, N)])
+    codes = {"top": torch.zeros(12, 2, 2, dtype=torch.long), "bottom": torch.zeros(12, 4, 4, dtype=torch.long)}
+    for name in ("top", "bottom"):
+        for i, j in np.ndindex(*codes[name].shape[1:]):
+            cond, uncond = model(codes, rows).level_logits()[name][:, i, j].chunk(2)
+            codes[name][:, i, j] = (uncond + scale * (cond - uncond)).argmax(-1).repeat(2)
+    return {name: grid[:6] for name, grid in codes.items()}
+
+
+def test_pixelcnn_guided_greedy_equals_recompute(pixelcnn):
+    with torch.no_grad():
+        expected = pixelcnn_greedy_by_recompute(pixelcnn, LABELS, 4.0)
+    assert equal(sample_pixelcnn(pixelcnn, SampleConfig(temperature=0.0, cfg_scale=4.0, batch_size=4)), expected)
+    assert not equal(sample_pixelcnn(pixelcnn, SampleConfig(temperature=0.0)), expected), "guidance changed nothing"
+
+
+def test_pixelcnn_sample_depends_on_its_seed_and_index_only(pixelcnn):
+    cfg = SampleConfig(seed=3, cfg_scale=2.0, top_k=6)
+    runs = [sample_pixelcnn(pixelcnn, dataclasses.replace(cfg, batch_size=b)) for b in (1, 4, 6)]
+    assert equal(runs[0], runs[1]) and equal(runs[0], runs[2])
+    assert not equal(runs[0], sample_pixelcnn(pixelcnn, dataclasses.replace(cfg, seed=4)))
+
+
+def test_pixelcnn_runs_its_conditioning_stack_once_per_batch(pixelcnn):
+    calls = []
+    handle = pixelcnn.condition.register_forward_hook(lambda module, inputs, out: calls.append(inputs[0].shape))
+    try:
+        sample_pixelcnn(pixelcnn, SampleConfig(seed=1, cfg_scale=2.0, batch_size=4))
+    finally:
+        handle.remove()
+    assert calls == [(8, 2, 2), (4, 2, 2)]  # two batches (4 + 2 samples), guided: [cond; uncond] rows
+
+
 # ---- end to end: a two-level tokenizer's codes, a prior trained on them, samples decoded -------------
 
 def two_level_tokenizer(folder: Path, top_k: int = 8) -> Path:
@@ -108,17 +168,33 @@ def two_level_tokenizer(folder: Path, top_k: int = 8) -> Path:
 
 
 @pytest.fixture(scope="module")
-def generator(tmp_path_factory, fmnist_available):
+def two_level_codes(tmp_path_factory, fmnist_available):
     root = tmp_path_factory.mktemp("two-levels")
     tokenizer = two_level_tokenizer(root / "tokenizer")
     codes = dump_codes(tokenizer, DataConfig(image_size=8, max_images=48), root / "codes", batch_size=16)
-    cfg = PriorRunConfig(codes=str(codes), preset="tiny", model=GPT, train=TrainConfig(
+    return root, codes, tokenizer
+
+
+def train_on(two_level_codes, arch: str, model: dict):
+    root, codes, tokenizer = two_level_codes
+    cfg = PriorRunConfig(codes=str(codes), arch=arch, preset="tiny", model=model, train=TrainConfig(
         steps=4, batch_size=16, lr=1e-3, warmup_steps=1, eval_every=4, save_every=4, log_every=1))
-    return train_prior(cfg, root / "prior"), tokenizer
+    return train_prior(cfg, root / f"prior-{arch}"), tokenizer
 
 
-def test_dump_train_sample_end_to_end(tmp_path, generator):
-    prior, tokenizer = generator
+@pytest.fixture(scope="module")
+def generator(two_level_codes):
+    return train_on(two_level_codes, "gpt", GPT)
+
+
+@pytest.fixture(scope="module")
+def pixelcnn_generator(two_level_codes):
+    return train_on(two_level_codes, "pixelcnn", PIXELCNN)
+
+
+@pytest.mark.parametrize("trained", ["generator", "pixelcnn_generator"])
+def test_dump_train_sample_end_to_end(tmp_path, request, trained):
+    prior, tokenizer = request.getfixturevalue(trained)
     run = prior.parent
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "val/nll" in line][-1]
     assert {"val/top/bits_per_token", "val/bottom/bits_per_token", "val/bits_per_token"} <= set(last)
