@@ -90,7 +90,8 @@ def test_stage_settings_ignore_runtime_only_keys():
 
 def test_a_two_level_pipeline_reports_each_level(folder, tmp_path):
     """VQ-VAE-2 end to end on 16x16 images (4x4 top codes, K=32, over 8x8 bottom codes, K=64): every stage
-    runs, and the report shows each level's usage, the prior's bits/token per level and the top-only pictures."""
+    runs, and the report shows each level's usage, the prior's bits/token per level and the top-only pictures.
+    About 15 s, most of it the two Inception passes (reconstruct's rFID, fid) that every pipeline run makes."""
     out = tmp_path / "run"
     tiny = ["--tokenizer.preset=tiny", "--tokenizer.model={levels: 2, top_quantizer: {codebook_size: 32}}",
             "--prior.model={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1}"]
