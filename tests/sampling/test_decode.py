@@ -12,7 +12,7 @@ import torch
 from core.errors import VqgenError
 from sampling.decode import sample
 from sampling.generate import SampleConfig
-from stage1_vqvae.model import VQVAE, VQVAEConfig
+from stage1_vqvae.model import VQVAE
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -106,8 +106,7 @@ def test_mismatched_grid_is_refused(tmp_path, pair):
 
 
 def test_a_two_level_tokenizer_is_refused_for_a_one_level_prior(tmp_path, pair):
-    config = VQVAEConfig(image_size=8, base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=K, levels=2)
-    VQVAE(config).save_pretrained(tmp_path / "two")  # a 2x2 top grid over the 4x4 bottom one
+    save_tokenizer(tmp_path / "two", levels=2, top_k=K)  # a 2x2 top grid over the 4x4 bottom one
     with pytest.raises(VqgenError) as err:
         sample(pair[0], tmp_path / "two", SampleConfig(n=1), tmp_path / "s")
     assert str(err.value) == (

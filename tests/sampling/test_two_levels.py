@@ -6,14 +6,12 @@ the refusals."""
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from core.code_grids import GridLevel
 from core.data import DataConfig
 from core.errors import VqgenError
 from core.loop import TrainConfig
@@ -21,15 +19,13 @@ from sampling.completion_folder import complete
 from sampling.decode import sample
 from sampling.generate import GridSpec, SampleConfig, generate, generate_gpt, generate_pixelcnn
 from stage1_vqvae.codes import dump_codes
-from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.gpt import build_gpt_tokens
 from stage2_prior.pixelcnn import build_pixelcnn
 from stage2_prior.train import PriorRunConfig, train_prior
 from stage2_prior.vocab import PriorVocab
-from tests.tiny_generator import save_tokenizer
+from tests.tiny_generator import TWO_LEVELS as LEVELS
+from tests.tiny_generator import N, save_tokenizer
 
-LEVELS = [GridLevel("top", 2, 2, 8), GridLevel("bottom", 4, 4, 16)]
-N = 3
 SPEC = GridSpec.of_levels(PriorVocab.of_levels([8, 16], N), LEVELS)
 LABELS = torch.tensor([0, 1, 2, -1, 0, 1])
 GPT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -158,19 +154,10 @@ def test_pixelcnn_runs_its_conditioning_stack_once_per_batch(pixelcnn):
 
 # ---- end to end: a two-level tokenizer's codes, a prior trained on them, samples decoded -------------
 
-def two_level_tokenizer(folder: Path, top_k: int = 8) -> Path:
-    torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig(image_size=8, base_channels=8, channel_mult=(1, 2), code_dim=8, codebook_size=16,
-                              levels=2, top_quantizer={"codebook_size": top_k}))
-    model(torch.rand(8, 1, 8, 8) * 2 - 1)  # one training forward: k-means init of both codebooks
-    model.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def two_level_codes(tmp_path_factory, fmnist_available):
     root = tmp_path_factory.mktemp("two-levels")
-    tokenizer = two_level_tokenizer(root / "tokenizer")
+    tokenizer = save_tokenizer(root / "tokenizer", levels=2, warm=True)
     codes = dump_codes(tokenizer, DataConfig(image_size=8, max_images=48), root / "codes", batch_size=16)
     return root, codes, tokenizer
 
@@ -220,7 +207,7 @@ def test_dump_train_sample_end_to_end(tmp_path, request, trained):
 def test_a_tokenizer_with_other_levels_is_refused_naming_the_prior_file(tmp_path, generator):
     prior, _ = generator
     one = save_tokenizer(tmp_path / "one")  # one level: 4x4 codes, K=16
-    other = two_level_tokenizer(tmp_path / "other", top_k=4)
+    other = save_tokenizer(tmp_path / "other", levels=2, top_k=4, warm=True)
     source = prior / "vqgen_prior.json"
     drawn = "the prior draws 2 levels (top 2x2 (K=8), bottom 4x4 (K=16))"
     for tokenizer, has in ((one, "1 level (codes 4x4 (K=16))"), (other, "2 levels (top 2x2 (K=4), bottom 4x4 (K=16))")):

@@ -16,20 +16,16 @@ from core.data import DataConfig, load_images
 from core.errors import VqgenError
 from stage1_vqvae.codes import decode, dump_codes, tokenizer_sha256
 from stage1_vqvae.load import load_tokenizer
-from stage1_vqvae.model import VQVAE, VQVAEConfig
+from tests.tiny_generator import save_tokenizer
 
 DATA = DataConfig(image_size=16, max_images=37)  # 37: batches of 8 leave a remainder
 HOLD = Path(__file__).parents[1] / "core" / "hold_output.py"  # holds an output's lock, as a writer does
 
 
 def make_tokenizer(folder: Path, codebook_size: int = 16, seed: int = 0, **model) -> Path:
-    torch.manual_seed(seed)
-    cfg = VQVAEConfig(base_channels=8, channel_mult=(1, 2), code_dim=4, codebook_size=codebook_size, image_size=16,
-                      kmeans_init=codebook_size < 1000, **model)
-    model = VQVAE(cfg)
-    model(torch.rand(8, 1, 16, 16) * 2 - 1)  # one training forward: k-means init of the codebook
-    model.save_pretrained(folder)
-    return folder
+    """16x16 images to 8x8 grids, warmed by one training forward (k-means init of a small codebook)."""
+    return save_tokenizer(folder, image_size=16, warm=True, seed=seed, code_dim=4,
+                          quantizer={"codebook_size": codebook_size, "kmeans_init": codebook_size < 1000}, **model)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from sampling.decode import sample
 from sampling.generate import SampleConfig
 from stage1_vqvae.codes import dump_codes
 from stage1_vqvae.load import load_tokenizer
-from stage1_vqvae.model import VQVAE, VQVAEConfig
 from stage2_prior.train import PriorRunConfig, train_prior
+from tests.tiny_generator import save_tokenizer
 
 DATA = DataConfig(image_size=8, max_images=24)  # Fashion-MNIST at 8 px: 4x4 code grids
 PRIORS = {
@@ -33,14 +33,6 @@ KINDS = {
 }
 
 
-def tokenizer(folder, quantizer: dict):
-    torch.manual_seed(0)
-    model = VQVAE(VQVAEConfig(base_channels=8, channel_mult=(1, 2), code_dim=8, image_size=8, quantizer=quantizer))
-    model(torch.rand(8, 1, 8, 8) * 2 - 1)  # one training forward (VQ: k-means init)
-    model.save_pretrained(folder)
-    return folder
-
-
 def all_images(split: str) -> torch.Tensor:
     images = load_images(DATA, split)
     return torch.stack([images[i]["image"] for i in range(len(images))])
@@ -54,7 +46,7 @@ PAIRS = [(kind, "gpt") for kind in KINDS] + [(kind, arch) for kind in ("vq", "lf
 def coded(request, tmp_path_factory, fmnist_available):
     """(kind, tokenizer folder, code-grid folder)."""
     root = tmp_path_factory.mktemp(request.param)
-    tok = tokenizer(root / "tokenizer", KINDS[request.param][0])
+    tok = save_tokenizer(root / "tokenizer", quantizer=KINDS[request.param][0], warm=True)  # warm: VQ's k-means init
     return request.param, tok, dump_codes(tok, DATA, root / "codes", batch_size=8)
 
 
