@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from core.code_grids import LEVEL_NAMES, GridLevel
 from core.errors import VqgenError
-from core.model_folder import load_model, model_folder
+from core.model_folder import CONFIG_FILE, load_model, model_folder
 from core.runs import read_json, write_json
 from stage2_prior.registry import check_levels, prior_kind
 from stage2_prior.vocab import PriorVocab
@@ -105,4 +105,9 @@ def load_prior(path: str | Path) -> LoadedPrior:
     if problem := kind.config_problem(model.config):
         raise VqgenError(f"{folder}: cannot load the prior (config.json: {problem}); the files are corrupt, "
                          f"copy them again or {FIX}")
+    # Each file may be sound on its own and still belong to another prior (a folder mixed from two):
+    # sampling would fail deep inside, or draw codes the tokenizer does not have.
+    if problem := kind.fit_problem(model.config, meta.levels, meta.vocab):
+        raise VqgenError(f"{folder / CONFIG_FILE} does not fit {folder / META_FILE}: {problem}; the files come "
+                         f"from different priors; copy the folder again or {FIX}")
     return LoadedPrior(model, meta)

@@ -256,11 +256,19 @@ def build_pixelcnn(
         raise VqgenError(
             f"prior.preset: unknown PixelCNN preset '{preset}'; choose one of {', '.join(PIXELCNN_PRESETS)}"
         )
-    data = {"codebook_size": codebook_size, "num_classes": num_classes, "grid_h": grid_h, "grid_w": grid_w,
-            "top_codebook_size": top.codebook_size if top else 0, "top_grid_h": top.grid_h if top else 0,
-            "top_grid_w": top.grid_w if top else 0}
+    data = code_settings(codebook_size, num_classes, grid_h, grid_w, top)
     kwargs = merge_overrides(PixelCNNConfig, {**PIXELCNN_PRESETS[preset], **data}, overrides)
     for key, value in data.items():
         if kwargs[key] != value:
             raise VqgenError(f"prior.model.{key}: {kwargs[key]} does not match the codes ({value}); remove it")
     return PixelCNNPrior(build_config(PixelCNNConfig, kwargs))
+
+
+def code_settings(
+    codebook_size: int, num_classes: int, grid_h: int, grid_w: int, top: GridLevel | None = None
+) -> dict[str, int]:
+    """The PixelCNNConfig fields that the codes fix (K, N, the grid; two levels: the top grid too), so
+    a config must hold exactly these values for its codes."""
+    return {"codebook_size": codebook_size, "num_classes": num_classes, "grid_h": grid_h, "grid_w": grid_w,
+            "top_codebook_size": top.codebook_size if top else 0, "top_grid_h": top.grid_h if top else 0,
+            "top_grid_w": top.grid_w if top else 0}

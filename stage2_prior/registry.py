@@ -1,7 +1,8 @@
 """The priors vqgen knows: one entry per `prior.arch`, and the only place an arch name maps to code.
 
 An entry supplies everything the rest of vqgen asks of a prior: how to build it from the run
-settings, how to load its folder (the class and the config model types it may hold), its training
+settings, how to load its folder (the class and the config model types it may hold, and whether a
+loaded config fits the codes the folder's vqgen_prior.json describes), its training
 objective (loss, val metrics and how the report labels them). Its sampler is one line in
 `sampling/samplers.py`, the layer above (stage 2 does not import sampling; a test checks that every
 arch here has one). The CLI's `--arch` choices, `load_prior`, training, sampling, the pipeline's
@@ -29,10 +30,10 @@ from transformers import (
 from core.code_grids import GridLevel, describe_levels
 from core.errors import VqgenError
 from stage2_prior.gpt import build_gpt_tokens
-from stage2_prior.maskgit import build_maskgit, size_problem
+from stage2_prior.maskgit import build_maskgit, mask_token, size_problem
 from stage2_prior.masking import MaskedTokens
 from stage2_prior.next_token import NextToken, gpt_logits, pixelcnn_logits
-from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior, build_pixelcnn
+from stage2_prior.pixelcnn import PixelCNNConfig, PixelCNNPrior, build_pixelcnn, code_settings
 from stage2_prior.vocab import PriorVocab
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class Objective(Protocol):
 
 # (run settings, vocabulary, the code grids' levels coarse to fine) -> a fresh model
 Build = Callable[["PriorRunConfig", PriorVocab, Sequence[GridLevel]], PreTrainedModel]
+# (loaded config, the levels coarse to fine and the vocabulary of vqgen_prior.json) -> what of the
+# config does not fit those codes, or None. It checks what `build` derives from the codes, as `build`
+# does: a size an override may raise (a vocabulary, a sequence) only against its minimum.
+Fits = Callable[[PreTrainedConfig, Sequence[GridLevel], PriorVocab], str | None]
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class PriorKind:
     model_types: tuple[str, ...]  # config.json model_type values of the folder
     # What is wrong with a loaded config that its own class does not check, or None.
     config_problem: Callable[[PreTrainedConfig], str | None]
+    fit_problem: Fits
     objective: Objective
     max_levels: int  # 2: one model draws both levels of a two-level folder; 1: one level only
 
@@ -81,6 +87,40 @@ def _maskgit(cfg: PriorRunConfig, vocab: PriorVocab, levels: Sequence[GridLevel]
     return build_maskgit(cfg.preset, vocab.codebook_size, vocab.num_classes, level.grid_h, level.grid_w, **cfg.model)
 
 
+def _gpt_fits(config: PreTrainedConfig, levels: Sequence[GridLevel], vocab: PriorVocab) -> str | None:
+    return _sequence_fits(config, levels, vocab.vocab_size,
+                          f"K={vocab.codebook_size} codes + {vocab.num_classes} classes + 1")
+
+
+def _maskgit_fits(config: PreTrainedConfig, levels: Sequence[GridLevel], vocab: PriorVocab) -> str | None:
+    return _sequence_fits(config, levels, mask_token(vocab) + 1,
+                          f"K={vocab.codebook_size} codes + {vocab.num_classes} classes + 1 + [MASK]")
+
+
+def _sequence_fits(config: PreTrainedConfig, levels: Sequence[GridLevel], vocab_size: int, tokens: str) -> str | None:
+    """A transformer over [cond, every level's codes]: its vocabulary must hold `tokens` (`vocab_size`
+    ids) and its positions the sequence; a config.json key is named as the file spells it (GPT-2: n_positions)."""
+    num_tokens = sum(lv.grid_h * lv.grid_w for lv in levels)
+    needs = (("vocab_size", vocab_size, tokens),
+             ("max_position_embeddings", num_tokens + 1,
+              f"T={num_tokens} codes ({describe_levels(levels)}) + 1 condition token"))
+    for key, need, what in needs:
+        if (have := getattr(config, key)) < need:
+            return f"{config.attribute_map.get(key, key)} {have} is too small for {what} (needs >= {need})"
+    return None
+
+
+def _pixelcnn_fits(config: PreTrainedConfig, levels: Sequence[GridLevel], vocab: PriorVocab) -> str | None:
+    """A PixelCNN is sized to its codes exactly (`build_pixelcnn` takes no override of these fields)."""
+    *top, grid = levels
+    need = code_settings(grid.codebook_size, vocab.num_classes, grid.grid_h, grid.grid_w, *top)
+    wrong = [key for key, value in need.items() if getattr(config, key) != value]
+    if not wrong:
+        return None
+    return (f"{', '.join(f'{key}={getattr(config, key)}' for key in wrong)} where {describe_levels(levels)} "
+            f"with N={vocab.num_classes} classes need {', '.join(f'{key}={need[key]}' for key in wrong)}")
+
+
 def _checked_by_its_class(config: PreTrainedConfig) -> None:
     """Llama, GPT-2 and our PixelCNN configs refuse bad sizes themselves."""
 
@@ -91,11 +131,11 @@ def _bert_sizes(config: PreTrainedConfig) -> str | None:
 
 PRIORS: dict[str, PriorKind] = {
     "gpt": PriorKind(_gpt, AutoModelForCausalLM, (LlamaConfig.model_type, GPT2Config.model_type),
-                     _checked_by_its_class, NextToken(gpt_logits), max_levels=2),
+                     _checked_by_its_class, _gpt_fits, NextToken(gpt_logits), max_levels=2),
     "pixelcnn": PriorKind(_pixelcnn, PixelCNNPrior, (PixelCNNConfig.model_type,), _checked_by_its_class,
-                          NextToken(pixelcnn_logits), max_levels=2),
-    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, MaskedTokens(),
-                         max_levels=1),
+                          _pixelcnn_fits, NextToken(pixelcnn_logits), max_levels=2),
+    "maskgit": PriorKind(_maskgit, AutoModelForMaskedLM, (BertConfig.model_type,), _bert_sizes, _maskgit_fits,
+                         MaskedTokens(), max_levels=1),
 }
 ARCHS = tuple(PRIORS)
 
