@@ -2,7 +2,6 @@
 metrics, its checkpoints, exact resume before and after the start, and 1 vs 2 processes."""
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,10 @@ from stage1_vqvae.losses import AdversarialConfig, LossConfig
 from stage1_vqvae.train import TokenizerRunConfig, TokenizerTask, train_tokenizer
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from killing import KillAtCall, Killed  # noqa: E402
+from killing import Killed  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import KilledTask, records  # noqa: E402  (the plain tokenizer's, for the same checks)
 
 # Checkpoints at steps 2, 4 and 6; the discriminator starts at step index 3 (logged as step 4).
 TRAIN = TrainConfig(steps=6, batch_size=16, lr=1e-3, warmup_steps=2, eval_every=6, save_every=2, log_every=1,
@@ -37,15 +39,6 @@ def vqgan_config(**loss) -> TokenizerRunConfig:
     model = {"quantizer": {"codebook_size": 32, "kmeans_init": False, "restart_after_steps": 0}}
     return TokenizerRunConfig(data=DataConfig(image_size=16, max_images=64), preset="tiny", model=model,
                               loss=LossConfig(**{"adversarial": ADVERSARIAL, **loss}), train=TRAIN)
-
-
-def records(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
-
-
-class KilledTask(KillAtCall, TokenizerTask):
-    pass
 
 
 def test_the_discriminator_trains_from_its_start_and_stays_out_of_the_model(tmp_path, fmnist_available):
