@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.config import load_config
+from bench.pipeline_run import pipeline_run_config
 from core.data import load_images
 from core.errors import VqgenError
 from core.runs import write_json
@@ -53,12 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_config(run: Path) -> PipelineConfig:
-    """The run's settings; a folder without a trained tokenizer and prior is refused in one line."""
-    missing = [part for part in RUN_PARTS if not (run / part).exists()]
-    if missing:
-        raise VqgenError(f"{run}: not a pipeline run with a trained tokenizer and prior (no {', '.join(missing)}); "
-                         "pass --run with the --out folder of a `vqgen pipeline` run")
-    return load_config(PipelineConfig, run / "config.yaml")
+    return pipeline_run_config(run, RUN_PARTS, "a pipeline run with a trained tokenizer and prior",
+                               "pass --run with the --out folder of a `vqgen pipeline` run")
 
 
 def sample_config(cfg: PipelineConfig, num_classes: int) -> SampleConfig:

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from core.config import load_config
+from bench.pipeline_run import pipeline_run_config
 from core.errors import VqgenError
 from core.runs import MetricsLog, read_json, write_json
 from eval.cache import StatsCache
@@ -57,12 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_config(run: Path) -> PipelineConfig:
-    """The run's settings; a folder that is not a finished pipeline run is refused in one line."""
-    missing = [part for part in RUN_PARTS if not (run / part).exists()]
-    if missing:
-        raise VqgenError(f"{run}: not a finished pipeline run (no {', '.join(missing)}); pass the --out folder of a "
-                         "`vqgen pipeline` run that finished")
-    return load_config(PipelineConfig, run / "config.yaml")
+    return pipeline_run_config(run, RUN_PARTS, "a finished pipeline run",
+                               "pass the --out folder of a `vqgen pipeline` run that finished")
 
 
 def code_bits(specs: list[LevelSpec]) -> dict[str, Any]:
