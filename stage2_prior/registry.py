@@ -147,11 +147,16 @@ def prior_kind(arch: str, source: str = "prior.arch") -> PriorKind:
     return PRIORS[arch]
 
 
+def archs_for(num_levels: int) -> list[str]:
+    """The archs that model `num_levels` levels, in registry order."""
+    return [name for name, kind in PRIORS.items() if kind.max_levels >= num_levels]
+
+
 def check_levels(arch: str, levels: Sequence[GridLevel], source: str) -> None:
     """Refuse, in one line naming `source`, levels `arch` cannot model (a two-level folder or prior
     for an arch whose two-level version is not in this version), naming the archs that can."""
     if len(levels) > prior_kind(arch).max_levels:
-        able = [name for name, kind in PRIORS.items() if kind.max_levels >= len(levels)]
+        able = archs_for(len(levels))
         raise VqgenError(
             f"{source}: holds {len(levels)} levels ({describe_levels(levels)}), but arch {arch} takes one level in "
             f"this version (its two-level version comes later); use arch {' or '.join(able)} "

@@ -27,7 +27,7 @@ from eval.inception import find_weights
 from sampling.generate import UNCOND, GridSpec, check_config, plan_labels
 from sampling.samplers import sampler_for
 from stage1_vqvae.train import build_model_config, check_loss_settings, model_settings
-from stage2_prior.registry import PRIORS, prior_kind
+from stage2_prior.registry import archs_for, prior_kind
 from stage2_prior.train import build_prior_levels
 from stage2_prior.vocab import PriorVocab
 
@@ -92,7 +92,7 @@ def _check_models(cfg: PipelineConfig, facts: DataFacts) -> None:
     check_loss_settings(cfg.tokenizer)  # LPIPS weights found, no Inception backbone, a patch left
     levels = [GridLevel(s.name, s.grid_h, s.grid_w, s.codebook_size) for s in tokenizer.level_specs]
     if len(levels) > prior_kind(cfg.prior.arch).max_levels:
-        able = " or ".join(f"prior.arch={arch}" for arch, kind in PRIORS.items() if kind.max_levels >= len(levels))
+        able = " or ".join(f"prior.arch={arch}" for arch in archs_for(len(levels)))
         raise VqgenError(f"prior.arch={cfg.prior.arch} takes one grid of codes in this version, and "
                          f"tokenizer.model.levels={len(levels)} makes {describe_levels(levels)}; use {able}, "
                          "which model both levels, or tokenizer.model.levels=1")
